@@ -1,0 +1,13 @@
+"""pyro_causalcell: causal and disentangled representation learning for single-cell counts.
+
+Every method is a Pyro model/guide pair over one data layer (:mod:`pyro_causalcell.data`),
+trained by one engine (:func:`fit`) and queried by shared engines (:func:`latent`).
+"""
+
+from ._version import __version__
+from .data import CellBatch, CellData, CellSchema, DataValidationError
+from .infer import TrainingHistory, fit, latent, load, save
+from .models import VAE
+
+__all__ = ["__version__", "CellBatch", "CellData", "CellSchema", "DataValidationError",
+           "TrainingHistory", "fit", "latent", "load", "save", "VAE"]

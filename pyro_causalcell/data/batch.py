@@ -1,0 +1,52 @@
+"""Minibatches of cells, the unit every model's ``model`` / ``guide`` receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class CellBatch:
+    """A minibatch of cells as tensors.
+
+    Attributes
+    ----------
+    counts : (batch, n_genes) float tensor
+        Raw counts.
+    library : (batch,) float tensor
+        Observed library size (total counts, or ``schema.library_key``).
+    index : (batch,) long tensor
+        Positions of these cells in their :class:`CellData`; the ``"cells"`` plate subsamples
+        with it.
+    n_cells : int
+        Size of the ``"cells"`` plate: the number of cells the batch was drawn from, so that
+        subsampled log-likelihoods are scaled to the whole set.
+    perturbation : (batch, n_perturbations) float tensor or None
+        Multi-hot perturbations, all zeros for control cells.
+    dose : (batch,) float tensor or None
+    domain : (batch,) long tensor or None
+    label : (batch,) long tensor or None
+    """
+
+    counts: torch.Tensor
+    library: torch.Tensor
+    index: torch.Tensor
+    n_cells: int
+    perturbation: torch.Tensor | None = None
+    dose: torch.Tensor | None = None
+    domain: torch.Tensor | None = None
+    label: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.counts.shape[0]
+
+    def to(self, device: torch.device | str) -> "CellBatch":
+        """Copy of the batch with every tensor on ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)

@@ -1,0 +1,337 @@
+"""``CellData``: an AnnData encoded once as tensors, plus the schema that encoded it."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .batch import CellBatch
+from .schema import CellSchema
+from .storage import DenseCounts, SparseCounts
+from .validation import (
+    DataValidationError,
+    NonIntegerCountsWarning,
+    check_counts,
+    check_known,
+    obs_column,
+)
+
+COMBINATION_SEPARATOR = "+"
+
+
+@dataclass
+class CellData:
+    """Counts and covariates of a set of cells as tensors, with the schema that encoded them.
+
+    Build it with :meth:`from_anndata`; the user's AnnData is only read, never modified.
+
+    Attributes
+    ----------
+    counts : DenseCounts or SparseCounts
+        ``(n_cells, n_genes)`` raw counts; sparse input stays sparse until a minibatch is drawn.
+    library : (n_cells,) float tensor
+        Observed library size per cell.
+    schema : CellSchema
+    obs_names : list of str
+    perturbation : (n_cells, n_perturbations) float tensor or None
+        Multi-hot perturbations; control cells are all zeros, ``"A+B"`` sets two entries.
+    dose : (n_cells,) float tensor or None
+    domain, label : (n_cells,) long tensor or None
+        Category indices into ``schema.domains`` / ``schema.labels``.
+    """
+
+    counts: DenseCounts | SparseCounts
+    library: torch.Tensor
+    schema: CellSchema
+    obs_names: list[str]
+    perturbation: torch.Tensor | None = None
+    dose: torch.Tensor | None = None
+    domain: torch.Tensor | None = None
+    label: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_anndata(
+        cls,
+        adata,
+        *,
+        layer: str | None = None,
+        perturbation_key: str | None = None,
+        control: str | None = None,
+        domain_key: str | None = None,
+        label_key: str | None = None,
+        dose_key: str | None = None,
+        library_key: str | None = None,
+        schema: CellSchema | None = None,
+    ) -> "CellData":
+        """Encode an AnnData of raw counts.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Cells x genes, raw integer counts in ``X`` or in ``layers[layer]``.
+        layer : str, optional
+            Layer with raw counts (default ``adata.X``).
+        perturbation_key : str, optional
+            ``obs`` column naming each cell's perturbation; combinations are written ``"A+B"``.
+        control : str, optional
+            Value of ``perturbation_key`` for unperturbed cells (encoded as all zeros). Without
+            it every value is a perturbation.
+        domain_key, label_key : str, optional
+            ``obs`` columns with technical domains (batch, donor, cell line) and biological
+            labels.
+        dose_key : str, optional
+            Numeric ``obs`` column with each cell's dose.
+        library_key : str, optional
+            Numeric ``obs`` column with the library size (default: total counts of the cell).
+        schema : CellSchema, optional
+            A fitted model's ``data.schema``: encode this AnnData exactly as that data was (same
+            keys, gene order and category indices). Keys left as ``None`` are taken from it.
+
+        Raises
+        ------
+        DataValidationError
+            Missing keys, NaN/inf or negative counts, empty cells or genes, a control value that
+            never occurs, categories unseen at fit time, genes differing from ``schema``.
+        """
+        keys = dict(layer=layer, perturbation_key=perturbation_key, control=control,
+                    domain_key=domain_key, label_key=label_key, dose_key=dose_key,
+                    library_key=library_key)
+        if schema is not None:
+            keys = _keys_from_schema(keys, schema)
+
+        matrix, where = _count_matrix(adata, keys["layer"])
+        genes = [str(g) for g in adata.var_names]
+        if schema is not None:
+            matrix = _align_genes(matrix, genes, schema, where)
+            genes = list(schema.genes)
+        if adata.n_obs == 0 or len(genes) == 0:
+            raise DataValidationError(f"{where} is empty ({adata.n_obs} cells x {len(genes)} "
+                                      "genes); CellData needs at least one cell and one gene.")
+        if not check_counts(matrix, where):
+            warnings.warn(
+                f"{where} holds non-integer values; the count likelihoods expect raw UMI counts. "
+                "If this is normalised or log-transformed data, pass the raw counts with "
+                "layer=... instead.",
+                NonIntegerCountsWarning,
+                stacklevel=2,
+            )
+        cell_totals = np.asarray(matrix.sum(axis=1)).ravel()
+        empty_cells = np.flatnonzero(cell_totals == 0)
+        if empty_cells.size:
+            names = [str(adata.obs_names[i]) for i in empty_cells[:5]]
+            raise DataValidationError(
+                f"{where} has {empty_cells.size} cells with zero total counts (e.g. {names}); "
+                "their library size is 0. Remove them first, e.g. "
+                "adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()"
+            )
+        if schema is None:
+            empty_genes = np.flatnonzero(np.asarray(matrix.sum(axis=0)).ravel() == 0)
+            if empty_genes.size:
+                names = [genes[i] for i in empty_genes[:5]]
+                raise DataValidationError(
+                    f"{where} has {empty_genes.size} genes with zero counts in every cell "
+                    f"(e.g. {names}); a model cannot learn them. Remove them first, e.g. "
+                    "adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()"
+                )
+
+        obs = adata.obs
+        fields: dict = {}
+        perturbations: tuple[str, ...] = ()
+        if keys["perturbation_key"] is not None:
+            values = obs_column(obs, keys["perturbation_key"], "perturbation_key")
+            perturbations = schema.perturbations if schema is not None else None
+            fields["perturbation"], perturbations = _encode_perturbations(
+                values.to_numpy(), keys["perturbation_key"], keys["control"], perturbations)
+        elif keys["control"] is not None:
+            raise DataValidationError("control=... was given without perturbation_key; pass the "
+                                      "obs column holding perturbations as perturbation_key.")
+        categories = {}
+        for field in ("domain", "label"):
+            key = keys[f"{field}_key"]
+            if key is None:
+                categories[field] = ()
+                continue
+            values = obs_column(obs, key, f"{field}_key").to_numpy()
+            known = getattr(schema, f"{field}s") if schema is not None else tuple(
+                sorted(set(values)))
+            check_known(values, known, key, f"{field}_key")
+            lookup = {c: i for i, c in enumerate(known)}
+            fields[field] = torch.as_tensor(np.array([lookup[v] for v in values]),
+                                            dtype=torch.long)
+            categories[field] = known
+        if keys["dose_key"] is not None:
+            fields["dose"] = _numeric_column(obs, keys["dose_key"], "dose_key")
+        if keys["library_key"] is not None:
+            library = _numeric_column(obs, keys["library_key"], "library_key")
+            if (library <= 0).any():
+                raise DataValidationError(
+                    f"adata.obs[{keys['library_key']!r}] (library_key) has values <= 0; library "
+                    "sizes must be positive.")
+        else:
+            library = torch.as_tensor(cell_totals, dtype=torch.float32)
+
+        new_schema = CellSchema(
+            genes=tuple(genes), layer=keys["layer"],
+            perturbation_key=keys["perturbation_key"], control=keys["control"],
+            perturbations=perturbations, domain_key=keys["domain_key"],
+            domains=categories["domain"], label_key=keys["label_key"],
+            labels=categories["label"], dose_key=keys["dose_key"],
+            library_key=keys["library_key"],
+        )
+        if sp.issparse(matrix):
+            counts = SparseCounts.from_scipy(matrix)
+        else:
+            counts = DenseCounts(torch.as_tensor(np.asarray(matrix, dtype=np.float32)))
+        return cls(counts=counts, library=library, schema=new_schema,
+                   obs_names=[str(n) for n in adata.obs_names], **fields)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def n_cells(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.library.device
+
+    def __len__(self) -> int:
+        return self.n_cells
+
+    def to(self, device: torch.device | str) -> "CellData":
+        """Copy with every tensor on ``device`` (minibatches are then gathered there)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return CellData(counts=self.counts.to(device), library=move(self.library),
+                        schema=self.schema, obs_names=self.obs_names,
+                        perturbation=move(self.perturbation), dose=move(self.dose),
+                        domain=move(self.domain), label=move(self.label))
+
+    def batch(self, index: torch.Tensor | Sequence[int], n_cells: int | None = None) -> CellBatch:
+        """The cells at positions ``index`` as a :class:`CellBatch`.
+
+        Parameters
+        ----------
+        index : (batch,) long tensor or sequence of int
+        n_cells : int, optional
+            Size of the ``"cells"`` plate the batch is drawn from (default: all cells).
+        """
+        index = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
+        return CellBatch(
+            counts=self.counts.rows(index), library=pick(self.library), index=index,
+            n_cells=self.n_cells if n_cells is None else int(n_cells),
+            perturbation=pick(self.perturbation), dose=pick(self.dose),
+            domain=pick(self.domain), label=pick(self.label),
+        )
+
+    def batches(self, batch_size: int, indices: torch.Tensor | None = None, *,
+                shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[CellBatch]:
+        """Iterate over minibatches of ``indices`` (default all cells).
+
+        The ``"cells"`` plate size of each batch is ``len(indices)``, so a loss summed over one
+        pass estimates the objective on exactly that set of cells.
+        """
+        if indices is None:
+            indices = torch.arange(self.n_cells, device=self.device)
+        indices = torch.as_tensor(indices, dtype=torch.long).to(self.device)
+        if shuffle:
+            order = torch.randperm(len(indices), generator=generator)
+            indices = indices.index_select(0, order.to(self.device))
+        for start in range(0, len(indices), batch_size):
+            yield self.batch(indices[start:start + batch_size], n_cells=len(indices))
+
+    def dense_counts(self) -> np.ndarray:
+        """All counts as a dense ``(n_cells, n_genes)`` NumPy array (small data only)."""
+        return self.counts.rows(torch.arange(self.n_cells, device=self.device)).cpu().numpy()
+
+
+# ---------------------------------------------------------------------- helpers
+def _keys_from_schema(keys: dict, schema: CellSchema) -> dict:
+    merged = {}
+    for name, value in keys.items():
+        fitted = getattr(schema, name)
+        if value is not None and value != fitted:
+            raise DataValidationError(
+                f"{name}={value!r} differs from the fitted schema's {name}={fitted!r}. Leave "
+                f"{name} unset to use the schema's value.")
+        merged[name] = fitted
+    return merged
+
+
+def _count_matrix(adata, layer: str | None):
+    if layer is None:
+        if adata.X is None:
+            raise DataValidationError("adata.X is None; put raw counts in adata.X or name the "
+                                      "layer that holds them with layer=...")
+        return adata.X, "adata.X"
+    if layer not in adata.layers:
+        raise DataValidationError(
+            f"layer={layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}). "
+            "Pass an existing layer, or layer=None to use adata.X.")
+    return adata.layers[layer], f"adata.layers[{layer!r}]"
+
+
+def _align_genes(matrix, genes: list[str], schema: CellSchema, where: str):
+    if genes == list(schema.genes):
+        return matrix
+    present = set(genes)
+    missing = [g for g in schema.genes if g not in present]
+    if missing or len(set(genes)) != len(genes):
+        extra = [g for g in genes if g not in set(schema.genes)]
+        raise DataValidationError(
+            f"adata.var_names differ from the fitted schema's genes: {len(missing)} schema genes "
+            f"are missing (e.g. {missing[:5]}), {len(extra)} genes are not in the schema (e.g. "
+            f"{extra[:5]}). Subset and order the data as the model expects: "
+            "adata = adata[:, list(schema.genes)].copy()")
+    position = {g: i for i, g in enumerate(genes)}
+    order = np.array([position[g] for g in schema.genes])
+    return matrix[:, order]  # a new array / matrix; the user's data is untouched
+
+
+def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
+                          known: tuple[str, ...] | None):
+    atoms_of = {}
+    for value in np.unique(values):
+        atoms = [a.strip() for a in value.split(COMBINATION_SEPARATOR)]
+        atoms_of[value] = [a for a in atoms if a and a != control]
+    if control is not None and control not in atoms_of:
+        raise DataValidationError(
+            f"control={control!r} never occurs in adata.obs[{key!r}] (perturbation_key); values "
+            f"are e.g. {sorted(atoms_of)[:10]}. Pass the value that marks unperturbed cells, or "
+            "control=None if there are none.")
+    seen = sorted({a for atoms in atoms_of.values() for a in atoms})
+    if known is None:
+        known = tuple(seen)
+    else:
+        check_known(np.array(seen, dtype=object), known, key, "perturbation_key")
+    column = {p: i for i, p in enumerate(known)}
+    codes = np.zeros((len(values), len(known)), dtype=np.float32)
+    for value, atoms in atoms_of.items():
+        rows = values == value
+        for atom in atoms:
+            codes[rows, column[atom]] = 1.0
+    return torch.as_tensor(codes), known
+
+
+def _numeric_column(obs, key: str, field: str) -> torch.Tensor:
+    if key not in obs.columns:
+        raise DataValidationError(
+            f"{field}={key!r} is not a column of adata.obs (columns: {list(obs.columns)}). "
+            f"Pass the name of an existing column as {field}.")
+    try:
+        values = obs[key].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataValidationError(
+            f"adata.obs[{key!r}] ({field}) must be numeric; convert it with "
+            f"pd.to_numeric(adata.obs[{key!r}]).") from None
+    if not np.isfinite(values).all():
+        raise DataValidationError(
+            f"adata.obs[{key!r}] ({field}) has {int((~np.isfinite(values)).sum())} NaN or "
+            "infinite values; fill or drop those cells.")
+    return torch.as_tensor(values, dtype=torch.float32)

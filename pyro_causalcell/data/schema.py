@@ -1,0 +1,116 @@
+"""The schema: how a fitted model's data was encoded (genes, keys, category orders)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CellSchema:
+    """Encoding of an AnnData into tensors, kept with every fitted model.
+
+    Two datasets encoded with the same schema have the same gene order and the same category
+    indices, so a model fitted on one can be applied to the other.
+
+    Attributes
+    ----------
+    genes : tuple of str
+        Gene names (``adata.var_names``) in model order.
+    layer : str or None
+        Layer holding raw counts; ``None`` means ``adata.X``.
+    perturbation_key, domain_key, label_key, dose_key, library_key : str or None
+        ``adata.obs`` columns used for each covariate.
+    control : str or None
+        Value of ``perturbation_key`` marking unperturbed cells (encoded as all zeros).
+    perturbations : tuple of str
+        Single perturbations; a cell's perturbation ``"A+B"`` is multi-hot over these.
+    domains, labels : tuple of str
+        Category orders of ``domain_key`` and ``label_key``.
+    """
+
+    genes: tuple[str, ...]
+    layer: str | None = None
+    perturbation_key: str | None = None
+    control: str | None = None
+    perturbations: tuple[str, ...] = ()
+    domain_key: str | None = None
+    domains: tuple[str, ...] = ()
+    label_key: str | None = None
+    labels: tuple[str, ...] = ()
+    dose_key: str | None = None
+    library_key: str | None = None
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def n_perturbations(self) -> int:
+        return len(self.perturbations)
+
+    @property
+    def n_domains(self) -> int:
+        return len(self.domains)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        parts = [f"{self.n_genes} genes"]
+        if self.layer:
+            parts.append(f"layer={self.layer!r}")
+        if self.perturbation_key:
+            parts.append(f"perturbation_key={self.perturbation_key!r} ({self.n_perturbations} "
+                         f"perturbations, control={self.control!r})")
+        for field in ("domain", "label"):
+            key = getattr(self, f"{field}_key")
+            if key:
+                parts.append(f"{field}_key={key!r} ({len(getattr(self, field + 's'))} {field}s)")
+        for key in ("dose_key", "library_key"):
+            if getattr(self, key):
+                parts.append(f"{key}={getattr(self, key)!r}")
+        return f"CellSchema({', '.join(parts)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``dict`` of lists and strings (safe for ``torch.save`` / JSON)."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CellSchema":
+        """Inverse of :meth:`to_dict`."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"schema has unknown fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def differences(self, other: "CellSchema") -> list[str]:
+        """Human-readable list of fields where ``other`` differs from this schema."""
+        out = []
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if mine == theirs:
+                continue
+            if isinstance(mine, tuple) and isinstance(theirs, tuple):
+                missing = [v for v in mine if v not in set(theirs)]
+                extra = [v for v in theirs if v not in set(mine)]
+                if not missing and not extra:
+                    detail = "same values in a different order"
+                else:
+                    detail = f"missing {_preview(missing)}, unexpected {_preview(extra)}"
+                out.append(f"{f.name}: {detail}")
+            else:
+                out.append(f"{f.name}: {mine!r} vs {theirs!r}")
+        return out
+
+
+def _preview(values: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in values[:limit])
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return f"[{shown}{more}]"

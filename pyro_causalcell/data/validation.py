@@ -1,0 +1,85 @@
+"""Checks on user data, each failing with a message that names the field and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+class DataValidationError(ValueError):
+    """An AnnData cannot be encoded as given; the message says which field and how to fix it."""
+
+
+class NonIntegerCountsWarning(UserWarning):
+    """Counts are not whole numbers (normalised or log-transformed data where raw counts belong)."""
+
+
+def stored_values(matrix) -> np.ndarray:
+    """The explicitly stored values of a dense or sparse matrix, as a flat array."""
+    if sp.issparse(matrix):
+        return np.asarray(matrix.data).ravel()
+    return np.asarray(matrix).ravel()
+
+
+def check_counts(matrix, where: str) -> bool:
+    """Reject NaN/inf and negative counts; return whether all counts are whole numbers.
+
+    Parameters
+    ----------
+    matrix : (n_cells, n_genes) array or sparse matrix
+    where : str
+        How the user names this matrix (``"adata.X"``, ``"adata.layers['counts']"``).
+    """
+    values = stored_values(matrix)
+    if not np.issubdtype(values.dtype, np.number):
+        raise DataValidationError(f"{where} has dtype {values.dtype}; raw counts must be numeric.")
+    if np.issubdtype(values.dtype, np.integer):
+        if values.size and values.min() < 0:
+            raise DataValidationError(
+                f"{where} has {(values < 0).sum()} negative entries; counts must be >= 0. "
+                "Pass the raw UMI counts (e.g. layer='counts'), not scaled or centred data."
+            )
+        return True
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise DataValidationError(
+            f"{where} has {(~finite).sum()} NaN or infinite entries; counts must be finite. "
+            "Remove or fix those cells/genes, or pass the raw count layer with layer=..."
+        )
+    if values.size and values.min() < 0:
+        raise DataValidationError(
+            f"{where} has {(values < 0).sum()} negative entries; counts must be >= 0. "
+            "Pass the raw UMI counts (e.g. layer='counts'), not scaled or centred data."
+        )
+    return bool(np.all(values == np.round(values)))
+
+
+def obs_column(obs: pd.DataFrame, key: str, field: str) -> pd.Series:
+    """``obs[key]`` as strings, rejecting a missing column or missing values."""
+    if key not in obs.columns:
+        raise DataValidationError(
+            f"{field}={key!r} is not a column of adata.obs (columns: {list(obs.columns)}). "
+            f"Pass the name of an existing column as {field}."
+        )
+    column = obs[key]
+    missing = column.isna()
+    if missing.any():
+        raise DataValidationError(
+            f"adata.obs[{key!r}] ({field}) has {int(missing.sum())} missing values. "
+            "Fill them (e.g. with 'unknown') or drop those cells before building CellData."
+        )
+    return column.astype(str)
+
+
+def check_known(values: np.ndarray, known: tuple[str, ...], key: str, field: str) -> None:
+    """Reject categories that the fitted schema has never seen."""
+    unseen = sorted(set(values) - set(known))
+    if unseen:
+        shown = unseen[:10]
+        raise DataValidationError(
+            f"adata.obs[{key!r}] ({field}) has categories not seen at fit time: {shown}"
+            f"{' ...' if len(unseen) > 10 else ''}. A fitted model only knows {list(known)[:10]}"
+            f"{' ...' if len(known) > 10 else ''}; drop those cells, or fit a model that "
+            "includes them."
+        )

@@ -1,0 +1,33 @@
+"""Device choice and placement of data on the device."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import CellData
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(device)!r} was requested but CUDA is not available; "
+                           "use device='cpu' or device='auto'.")
+    return device
+
+
+def place_data(data: CellData, device: torch.device, max_fraction: float = 0.5) -> CellData:
+    """Move ``data`` to ``device`` when its tensors take at most ``max_fraction`` of free memory.
+
+    Minibatches are then gathered on the device with no host-device copies. Data that does not
+    fit stays where it is and each minibatch is copied over.
+    """
+    if data.device == device:
+        return data
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if data.counts.nbytes > max_fraction * free:
+            return data
+    return data.to(device)

@@ -1,0 +1,204 @@
+"""One SVI training loop for every model that follows the model protocol."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pyro
+import torch
+from pyro.infer import ELBO, Trace_ELBO
+from tqdm.auto import tqdm
+
+from ..data import CellData
+from ..handlers import scale_latents
+from .device import place_data, resolve_device
+from .history import TrainingHistory
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the model holds the last good parameters.
+
+    Attributes
+    ----------
+    history : TrainingHistory
+        The epochs completed before the divergence.
+    """
+
+    def __init__(self, message: str, history: TrainingHistory):
+        super().__init__(message)
+        self.history = history
+
+
+def check_schema(model, data: CellData) -> None:
+    """Raise if ``data`` was not encoded with the schema the model was built for."""
+    schema = getattr(model, "schema", None)
+    if schema is None or schema == data.schema:
+        return
+    diff = "; ".join(schema.differences(data.schema))
+    raise ValueError(
+        f"data was encoded differently from the data this model was built for ({diff}). Encode "
+        "it with the model's schema: CellData.from_anndata(adata, schema=model.schema)")
+
+
+def split_cells(n_cells: int, validation_fraction: float, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(train_index, validation_index)`` with ``round(fraction * n)`` held out."""
+    order = torch.randperm(n_cells, generator=generator)
+    n_validation = int(round(validation_fraction * n_cells))
+    return order[n_validation:], order[:n_validation]
+
+
+def _kl_weight(epoch: int, warmup_epochs: int) -> float:
+    return 1.0 if warmup_epochs <= 0 else min(1.0, (epoch + 1) / warmup_epochs)
+
+
+def _weighted(fn, weight: float):
+    return fn if weight == 1.0 else scale_latents(fn, weight=weight)
+
+
+def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int = 1024,
+                  elbo: ELBO | None = None, device: torch.device | None = None) -> float:
+    """Per-cell ELBO of ``model`` on the cells ``index`` of ``data`` (one Monte Carlo sample).
+
+    Global latent sites enter once for the whole set: each batch's loss is scaled to the set
+    and the batches are averaged with weights proportional to their size.
+    """
+    elbo = elbo or Trace_ELBO()
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for batch in data.batches(batch_size, index):
+            if device is not None:
+                batch = batch.to(device)
+            total += elbo.differentiable_loss(model.model, model.guide, batch).item() * len(batch)
+    model.train(was_training)
+    n = len(index)
+    return -total / n / n
+
+
+def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
+        lr: float = 1e-3, kl_warmup_epochs: int = 0, validation_fraction: float = 0.1,
+        early_stopping: bool = False, patience: int = 10, device: str | torch.device = "auto",
+        seed: int = 0, progress: bool = True, elbo: ELBO | None = None,
+        weight_decay: float = 0.0) -> TrainingHistory:
+    """Fit a model by minibatch stochastic variational inference.
+
+    Parameters
+    ----------
+    model : nn.Module with ``model(batch)`` and ``guide(batch)``
+        Any model following the model protocol; trained in place.
+    data : CellData
+        Encoded with the model's schema.
+    max_epochs : int
+    batch_size : int
+    lr : float
+        Adam learning rate.
+    kl_warmup_epochs : int
+        Linearly raise the weight of every latent site from ``1/kl_warmup_epochs`` to 1 over this
+        many epochs (0: no warm-up).
+    validation_fraction : float
+        Fraction of cells held out to compute the validation ELBO after each epoch.
+    early_stopping : bool
+        Stop when the validation ELBO has not improved for ``patience`` epochs, and keep the
+        parameters of the best epoch.
+    patience : int
+    device : {"auto", "cpu", "cuda"} or torch.device
+        Where to train; data that fits on the device is moved there once.
+    seed : int
+        Seeds the train/validation split, the shuffling and Pyro's samplers.
+    progress : bool
+        Show a progress bar over epochs.
+    elbo : pyro.infer.ELBO, optional
+        Objective (default ``Trace_ELBO()``); anything with ``differentiable_loss`` works.
+    weight_decay : float
+
+    Returns
+    -------
+    TrainingHistory
+
+    Raises
+    ------
+    TrainingDivergedError
+        The loss became NaN or infinite; parameters are restored to the end of the last
+        complete epoch.
+    """
+    if max_epochs < 1 or batch_size < 1:
+        raise ValueError(f"max_epochs and batch_size must be >= 1, got {max_epochs}, "
+                         f"{batch_size}")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if early_stopping and validation_fraction == 0.0:
+        raise ValueError("early_stopping=True needs held-out cells: set validation_fraction > 0")
+    check_schema(model, data)
+
+    device = resolve_device(device)
+    pyro.set_rng_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device)
+    data = place_data(data, device)
+    copy_batches = data.device != device
+    train_index, validation_index = split_cells(data.n_cells, validation_fraction, generator)
+    if len(train_index) == 0:
+        raise ValueError(f"no cells left to train on ({data.n_cells} cells, "
+                         f"validation_fraction={validation_fraction})")
+    elbo = elbo or Trace_ELBO()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    history = TrainingHistory()
+    best = (-math.inf, None)
+    epochs_without_improvement = 0
+    start = time.perf_counter()
+    n_train = len(train_index)
+    bar = tqdm(range(max_epochs), disable=not progress, desc="fit", unit="epoch")
+    model.train()
+    for epoch in bar:
+        weight = _kl_weight(epoch, kl_warmup_epochs)
+        model_fn, guide_fn = _weighted(model.model, weight), _weighted(model.guide, weight)
+        last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+        total = 0.0
+        for step, batch in enumerate(data.batches(batch_size, train_index, shuffle=True,
+                                                  generator=generator)):
+            if copy_batches:
+                batch = batch.to(device)
+            # validate distributions and shapes on the very first step only: it is costly
+            with pyro.validation_enabled(epoch == 0 and step == 0):
+                loss = elbo.differentiable_loss(model_fn, guide_fn, batch)
+            value = loss.item()
+            if not math.isfinite(value):
+                model.load_state_dict(last_good[0])
+                optimizer.load_state_dict(last_good[1])
+                history.seconds = time.perf_counter() - start
+                raise TrainingDivergedError(
+                    f"the loss became {value} at epoch {epoch}, step {step}; the model holds the "
+                    f"parameters from the end of epoch {epoch - 1}. Lower lr (now {lr}), use "
+                    "kl_warmup_epochs, or check the data for extreme counts.", history)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += value * len(batch)
+        history.train_elbo.append(-total / n_train / n_train)
+        history.kl_weight.append(weight)
+        postfix = {"elbo": f"{history.train_elbo[-1]:.4g}"}
+        if len(validation_index):
+            score = evaluate_elbo(model, data, validation_index, batch_size=max(batch_size, 1024),
+                                  elbo=elbo, device=device if copy_batches else None)
+            history.validation_elbo.append(score)
+            postfix["val"] = f"{score:.4g}"
+            if early_stopping:
+                if score > best[0]:
+                    best = (score, copy.deepcopy(model.state_dict()))
+                    history.best_epoch = epoch
+                    epochs_without_improvement = 0
+                else:
+                    epochs_without_improvement += 1
+        bar.set_postfix(postfix)
+        if early_stopping and epochs_without_improvement >= patience:
+            history.stopped_early = True
+            break
+    bar.close()
+    if early_stopping and best[1] is not None:
+        model.load_state_dict(best[1])
+    history.seconds = time.perf_counter() - start
+    return history

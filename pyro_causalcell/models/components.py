@@ -1,0 +1,69 @@
+"""Pieces of model programs shared by every model: the cells plate, covariate and count sites.
+
+Writing models from these keeps the site names of the model protocol (``"cells"``,
+``"domain"``, ``"perturbation"``, ``"expression"``, ``"counts"``) identical across models, which
+is what lets one training engine and one counterfactual engine serve them all.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+
+from ..data import CellBatch
+from ..nn import CountDecoder
+
+
+def cells_plate(batch: CellBatch) -> pyro.plate:
+    """``pyro.plate("cells", batch.n_cells, subsample=batch.index)``: per-cell sites go inside."""
+    return pyro.plate("cells", batch.n_cells, subsample=batch.index)
+
+
+def observe_domain(batch: CellBatch, n_domains: int) -> torch.Tensor:
+    """Sample site ``"domain"`` observed at ``batch.domain`` (uniform prior).
+
+    Returns the site's value, which is the intervened value under ``pyro.do(..., {"domain": d})``;
+    downstream code must use the returned tensor, not ``batch.domain``.
+
+    Returns
+    -------
+    (batch,) long tensor
+    """
+    logits = batch.library.new_zeros(n_domains)
+    return pyro.sample("domain", dist.Categorical(logits=logits), obs=batch.domain)
+
+
+def one_hot(index: torch.Tensor, n_categories: int) -> torch.Tensor:
+    """``(batch,)`` long -> ``(batch, n_categories)`` float one-hot."""
+    return F.one_hot(index, n_categories).to(torch.get_default_dtype())
+
+
+def emit_counts(decoder: CountDecoder, z: torch.Tensor, batch: CellBatch,
+                covariates: torch.Tensor | None = None,
+                domain: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode ``z`` and observe the counts.
+
+    Records ``pyro.deterministic("expression")`` (expected counts at the observed library size)
+    and the likelihood site ``"counts"`` observed at ``batch.counts``.
+
+    Parameters
+    ----------
+    decoder : CountDecoder
+    z : (batch, n_latent) tensor
+    batch : CellBatch
+    covariates : (batch, n_covariates) tensor, optional
+        Decoder covariates (e.g. one-hot domain).
+    domain : (batch,) long tensor, optional
+        Needed for per-domain dispersion.
+
+    Returns
+    -------
+    (batch, n_genes) tensor
+        The expected expression.
+    """
+    decoded = decoder(z, batch.library, covariates)
+    expression = pyro.deterministic("expression", decoded["mean"], event_dim=1)
+    pyro.sample("counts", decoder.distribution(decoded, domain), obs=batch.counts)
+    return expression

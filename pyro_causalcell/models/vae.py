@@ -1,0 +1,95 @@
+"""Variational autoencoder (and beta-VAE) for single-cell counts."""
+
+from __future__ import annotations
+
+import uuid
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from ..data import CellBatch, CellSchema
+from ..nn import CountDecoder, GaussianEncoder
+from .components import cells_plate, emit_counts, observe_domain, one_hot
+
+
+class VAE(nn.Module):
+    r"""VAE with an isotropic Gaussian prior; ``beta > 1`` gives the beta-VAE.
+
+    Generative model, per cell :math:`n` with library size :math:`l_n` and domain :math:`d_n`:
+
+    .. math::
+        z_n \sim \mathcal{N}(0, I_K), \qquad
+        x_n \sim \mathrm{NB}\big(l_n\,\mathrm{softmax}(f(z_n, d_n)),\ \theta\big).
+
+    The KL term is weighted by ``beta`` (both ``"z"`` sites are scaled by it).
+
+    Parameters
+    ----------
+    schema : CellSchema
+        ``data.schema`` of the data the model will be fitted on.
+    n_latent : int
+    n_hidden : int
+        Width of each hidden layer of encoder and decoder.
+    n_layers : int
+        Hidden layers in encoder and decoder.
+    beta : float
+        KL weight (1: VAE; > 1: beta-VAE).
+    likelihood : {"nb", "zinb", "poisson"}
+    dispersion : {"gene", "gene-domain"}
+    use_domain : bool
+        Give the one-hot domain to encoder and decoder (when the schema has domains), so the
+        latent space need not encode batch.
+    dropout : float
+
+    Notes
+    -----
+    Sites: ``"domain"`` (observed, if the schema has domains), ``"z"`` (latent, ``(cells, n_latent)``),
+    ``"expression"`` (deterministic), ``"counts"`` (observed).
+    """
+
+    def __init__(self, schema: CellSchema, n_latent: int = 10, n_hidden: int = 128,
+                 n_layers: int = 1, beta: float = 1.0, likelihood: str = "nb",
+                 dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.init_args = dict(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, beta=beta,
+                              likelihood=likelihood, dispersion=dispersion,
+                              use_domain=use_domain, dropout=dropout)
+        self.schema = schema
+        self.n_latent = n_latent
+        self.beta = beta
+        self.n_domains = schema.n_domains
+        self.n_covariates = self.n_domains if use_domain else 0
+        hidden = [n_hidden] * n_layers
+        self.encoder = GaussianEncoder(schema.n_genes, n_latent, hidden,
+                                       n_covariates=self.n_covariates, dropout=dropout)
+        self.decoder = CountDecoder(n_latent, schema.n_genes, hidden,
+                                    n_covariates=self.n_covariates, likelihood=likelihood,
+                                    dispersion=dispersion, n_domains=self.n_domains,
+                                    dropout=dropout)
+        self.pyro_name = f"vae_{uuid.uuid4().hex[:8]}"
+
+    def _covariates(self, domain: torch.Tensor | None) -> torch.Tensor | None:
+        return one_hot(domain, self.n_domains) if self.n_covariates else None
+
+    def model(self, batch: CellBatch) -> torch.Tensor:
+        """Generative program; returns the ``(batch, n_genes)`` expected expression."""
+        pyro.module(self.pyro_name, self)
+        with cells_plate(batch):
+            domain = observe_domain(batch, self.n_domains) if self.n_domains else None
+            prior = dist.Normal(batch.library.new_zeros(self.n_latent), 1.0).to_event(1)
+            with poutine.scale(scale=self.beta):
+                z = pyro.sample("z", prior)
+            return emit_counts(self.decoder, z, batch, self._covariates(domain), domain)
+
+    def guide(self, batch: CellBatch) -> torch.Tensor:
+        """Amortised posterior ``q(z | counts, domain)``; returns the sampled ``z``."""
+        pyro.module(self.pyro_name, self)
+        with cells_plate(batch):
+            loc, scale = self.encoder(batch.counts, self._covariates(batch.domain))
+            with poutine.scale(scale=self.beta):
+                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))

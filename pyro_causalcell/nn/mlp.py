@@ -1,0 +1,51 @@
+"""Multilayer perceptron with covariates injected into every layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Fully connected network ``x -> hidden ... -> out``.
+
+    Covariates (e.g. one-hot domains) are concatenated to the input of every layer, so they
+    can act at every depth rather than only at the first.
+
+    Parameters
+    ----------
+    n_input, n_output : int
+    hidden : sequence of int
+        Hidden layer widths (empty: one linear map).
+    n_covariates : int
+        Width of the covariate vector passed to :meth:`forward` (0: none).
+    activation : type of nn.Module
+        Nonlinearity after each hidden layer.
+    dropout : float
+        Dropout rate after each hidden activation.
+    """
+
+    def __init__(self, n_input: int, n_output: int, hidden: Sequence[int] = (128,), *,
+                 n_covariates: int = 0, activation: type[nn.Module] = nn.ReLU,
+                 dropout: float = 0.0):
+        super().__init__()
+        widths = [n_input, *hidden, n_output]
+        self.n_covariates = n_covariates
+        self.layers = nn.ModuleList(
+            nn.Linear(w_in + n_covariates, w_out) for w_in, w_out in zip(widths[:-1], widths[1:])
+        )
+        self.activation = activation()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Map ``(batch, n_input)`` (and ``(batch, n_covariates)``) to ``(batch, n_output)``."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if self.n_covariates:
+                x = torch.cat([x, covariates], dim=-1)
+            x = layer(x)
+            if i < last:
+                x = self.dropout(self.activation(x))
+        return x
