@@ -92,6 +92,8 @@ class CellData:
         schema : CellSchema, optional
             A fitted model's ``data.schema``: encode this AnnData exactly as that data was (same
             keys, gene order and category indices). Keys left as ``None`` are taken from it.
+            Genes not in the schema are left out; every schema gene must be present. The data
+            may lack some categories (e.g. hold no control cells).
 
         Raises
         ------
@@ -187,7 +189,8 @@ class CellData:
         if sp.issparse(matrix):
             counts = SparseCounts.from_scipy(matrix)
         else:
-            counts = DenseCounts(torch.as_tensor(np.asarray(matrix, dtype=np.float32)))
+            # a copy: the user's array must never share memory with tensors we hand out
+            counts = DenseCounts(torch.tensor(np.asarray(matrix, dtype=np.float32)))
         return cls(counts=counts, library=library, schema=new_schema,
                    obs_names=[str(n) for n in adata.obs_names], **fields)
 
@@ -300,7 +303,7 @@ def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
     for value in np.unique(values):
         atoms = [a.strip() for a in value.split(COMBINATION_SEPARATOR)]
         atoms_of[value] = [a for a in atoms if a and a != control]
-    if control is not None and control not in atoms_of:
+    if known is None and control is not None and control not in atoms_of:
         raise DataValidationError(
             f"control={control!r} never occurs in adata.obs[{key!r}] (perturbation_key); values "
             f"are e.g. {sorted(atoms_of)[:10]}. Pass the value that marks unperturbed cells, or "

@@ -46,8 +46,8 @@ class SparseCounts:
 
     @classmethod
     def from_scipy(cls, matrix: sp.spmatrix) -> "SparseCounts":
-        csr = sp.csr_matrix(matrix)
-        csr.sort_indices()
+        csr = sp.csr_matrix(matrix, copy=True)  # never reorder the user's own arrays
+        csr.sum_duplicates()  # also sorts the indices
         return cls(
             torch.as_tensor(csr.indptr.astype(np.int64)),
             torch.as_tensor(csr.indices.astype(np.int64)),

@@ -21,17 +21,52 @@ from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
 
+class _NegativeBinomialLogProb(torch.autograd.Function):
+    """Elementwise NB log-density with a hand-derived backward pass.
+
+    With :math:`r = (x+\\theta)/(\\theta+\\mu)`:
+    :math:`\\partial/\\partial\\log\\mu = x - \\mu r` and
+    :math:`\\partial/\\partial\\theta = \\psi(x+\\theta) - \\psi(\\theta) + \\log\\theta + 1
+    - \\log(\\theta+\\mu) - r`. Computing these directly takes about half the passes over
+    the cells x genes array that autograd needs for the same formula, and stores less.
+    """
+
+    @staticmethod
+    def forward(ctx, value, log_mean, mean, theta):
+        log_theta = theta.log()
+        theta_only = theta * log_theta - torch.lgamma(theta)  # on theta's own shape
+        log_theta_plus_mu = (theta + mean).log()
+        value_plus_theta = value + theta
+        out = (torch.lgamma(value_plus_theta) - torch.lgamma(value + 1.0) + theta_only
+               + value * log_mean - value_plus_theta * log_theta_plus_mu)
+        ctx.save_for_backward(value, mean, theta, log_theta_plus_mu)
+        ctx.shapes = (log_mean.shape, theta.shape)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        value, mean, theta, log_theta_plus_mu = ctx.saved_tensors
+        log_mean_shape, theta_shape = ctx.shapes
+        value_plus_theta = value + theta
+        ratio = value_plus_theta * torch.exp(-log_theta_plus_mu)
+        grad_log_mean = grad_theta = None
+        if ctx.needs_input_grad[1]:
+            grad_log_mean = (grad * (value - mean * ratio)).sum_to_size(log_mean_shape)
+        if ctx.needs_input_grad[3]:
+            per_element = grad * (torch.digamma(value_plus_theta) - ratio - log_theta_plus_mu)
+            theta_only = theta.log() + 1.0 - torch.digamma(theta)
+            grad_theta = (per_element.sum_to_size(theta_shape)
+                          + theta_only * grad.sum_to_size(theta_shape))
+        return None, grad_log_mean, None, grad_theta
+
+
 def _nb_log_prob(value: torch.Tensor, log_mean: torch.Tensor, mean: torch.Tensor | None,
                  inverse_dispersion: torch.Tensor) -> torch.Tensor:
-    theta = inverse_dispersion
-    log_theta = theta.log()
-    theta_only = theta * log_theta - torch.lgamma(theta)  # on theta's own shape
     if mean is None:
-        log_theta_plus_mu = torch.logaddexp(log_theta, log_mean)
-    else:
-        log_theta_plus_mu = (theta + mean).log()
-    return (torch.lgamma(value + theta) - torch.lgamma(value + 1.0) + theta_only
-            + value * log_mean - (value + theta) * log_theta_plus_mu)
+        mean = log_mean.exp()
+    # mean enters as a value of exp(log_mean): its gradient is routed through log_mean
+    return _NegativeBinomialLogProb.apply(value, log_mean, mean.detach(), inverse_dispersion)
 
 
 class NegativeBinomial(TorchDistribution):

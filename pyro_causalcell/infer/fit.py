@@ -50,6 +50,15 @@ def split_cells(n_cells: int, validation_fraction: float, generator: torch.Gener
     return order[n_validation:], order[:n_validation]
 
 
+def make_adam(parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with the fused (single-kernel) update where the device supports it."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
 def _kl_weight(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs <= 0 else min(1.0, (epoch + 1) / warmup_epochs)
 
@@ -69,7 +78,7 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
     was_training = model.training
     model.eval()
     total = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), pyro.validation_enabled(False):
         for batch in data.batches(batch_size, index):
             if device is not None:
                 batch = batch.to(device)
@@ -77,6 +86,18 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
     model.train(was_training)
     n = len(index)
     return -total / n / n
+
+
+def _restore(model, optimizer, state) -> None:
+    model.load_state_dict(state[0])
+    optimizer.load_state_dict(state[1])
+
+
+def _diverged_message(value: float, epoch: int, where: str, lr: float) -> str:
+    kept = f"the end of epoch {epoch - 1}" if epoch else "before this fit"
+    return (f"the loss became {value} at epoch {epoch}, {where}; the model holds its parameters "
+            f"from {kept}. Lower lr (now {lr}), use kl_warmup_epochs, or check the data for "
+            "extreme counts.")
 
 
 def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
@@ -145,7 +166,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         raise ValueError(f"no cells left to train on ({data.n_cells} cells, "
                          f"validation_fraction={validation_fraction})")
     elbo = elbo or Trace_ELBO()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = make_adam(model.parameters(), lr, weight_decay)
     history = TrainingHistory()
     best = (-math.inf, None)
     epochs_without_improvement = 0
@@ -167,13 +188,10 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
                 loss = elbo.differentiable_loss(model_fn, guide_fn, batch)
             value = loss.item()
             if not math.isfinite(value):
-                model.load_state_dict(last_good[0])
-                optimizer.load_state_dict(last_good[1])
+                _restore(model, optimizer, last_good)
                 history.seconds = time.perf_counter() - start
-                raise TrainingDivergedError(
-                    f"the loss became {value} at epoch {epoch}, step {step}; the model holds the "
-                    f"parameters from the end of epoch {epoch - 1}. Lower lr (now {lr}), use "
-                    "kl_warmup_epochs, or check the data for extreme counts.", history)
+                raise TrainingDivergedError(_diverged_message(value, epoch, f"step {step}", lr),
+                                            history)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -184,6 +202,11 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         if len(validation_index):
             score = evaluate_elbo(model, data, validation_index, batch_size=max(batch_size, 1024),
                                   elbo=elbo, device=device if copy_batches else None)
+            if not math.isfinite(score):
+                _restore(model, optimizer, last_good)
+                history.seconds = time.perf_counter() - start
+                raise TrainingDivergedError(
+                    _diverged_message(score, epoch, "validation", lr), history)
             history.validation_elbo.append(score)
             postfix["val"] = f"{score:.4g}"
             if early_stopping:

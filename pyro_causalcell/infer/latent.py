@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from ..data import CellData
 from .fit import check_schema
@@ -46,7 +47,8 @@ def latent(model, data: CellData, site: str = "z", *, batch_size: int = 1024,
             batch = batch.to(device)
             trace = poutine.trace(model.guide).get_trace(batch)
             if site not in trace.nodes or trace.nodes[site]["type"] != "sample":
-                sites = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
+                sites = [n for n, s in trace.nodes.items()
+                         if s["type"] == "sample" and not site_is_subsample(s)]
                 raise KeyError(f"the guide has no sample site {site!r}; its sample sites are "
                                f"{sites}")
             fn = trace.nodes[site]["fn"]

@@ -9,7 +9,7 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Fully connected network ``x -> hidden ... -> out``.
+    """Fully connected network ``x -> hidden layers -> out``.
 
     Covariates (e.g. one-hot domains) are concatenated to the input of every layer, so they
     can act at every depth rather than only at the first.
