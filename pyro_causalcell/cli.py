@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .infer.device import DeviceUnavailableError
+
 MODELS = ("vae",)
 
 DESCRIPTION = """\
@@ -34,7 +36,7 @@ def _add_training_options(parser: argparse.ArgumentParser, max_epochs: int) -> N
                        help="epochs over which the KL weight rises to 1 (default: %(default)s)")
     group.add_argument("--validation-fraction", type=float, default=0.1,
                        help="cells held out for the validation ELBO (default: %(default)s)")
-    group.add_argument("--early-stopping", action="store_true",
+    group.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=False,
                        help="stop when the validation ELBO stops improving; keep the best epoch")
     group.add_argument("--patience", type=int, default=10, help="default: %(default)s")
     group.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -67,16 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "and demo.h5ad (latents in obsm['X_vae']).")
     demo.add_argument("--out", type=Path, default=Path("causalcell_demo"),
                       help="output folder (default: %(default)s)")
-    demo.add_argument("--n-cells", type=int, default=3000, help="default: %(default)s")
-    demo.add_argument("--n-genes", type=int, default=200, help="default: %(default)s")
+    demo.add_argument("--n-cells", type=int, default=5000, help="default: %(default)s")
+    demo.add_argument("--n-genes", type=int, default=300, help="default: %(default)s")
     _add_model_options(demo)
-    _add_training_options(demo, max_epochs=60)
-    demo.set_defaults(n_latent=5)
+    _add_training_options(demo, max_epochs=100)
+    demo.set_defaults(n_latent=5, early_stopping=True)
 
     fit = commands.add_parser(
         "fit", help="fit a model to an .h5ad file of raw counts",
         description="Fit a model to raw counts in an AnnData file and write model.pt, "
-                    "history.csv, elbo.png, latent.png, metrics.json and <name>.h5ad (a copy of "
+                    "history.csv, elbo.png, latent.png, metrics.json and <name>_<model>.h5ad (a copy of "
                     "the input with latents in obsm['X_<model>']). The input file is not "
                     "modified.")
     fit.add_argument("data", type=Path, help="AnnData .h5ad file with raw counts")
@@ -170,13 +172,13 @@ def run_fit(args) -> dict:
     from .data import CellData
 
     if not args.data.exists():
-        raise SystemExit(f"causalcell fit: {args.data} does not exist")
+        raise FileNotFoundError(f"{args.data} does not exist; pass the path of an .h5ad file")
     adata = ad.read_h5ad(args.data)
     data = CellData.from_anndata(
         adata, layer=args.layer, perturbation_key=args.perturbation_key, control=args.control,
         domain_key=args.domain_key, label_key=args.label_key, dose_key=args.dose_key,
         library_key=args.library_key)
-    args.output_name = args.data.stem
+    args.output_name = f"{args.data.stem}_{args.model}"
     colors = {key: adata.obs[key] for key in (args.label_key, args.domain_key,
                                               args.perturbation_key) if key}
     return _fit_and_report(adata, data, args, args.out, args.model, colors)
@@ -189,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     from .data import DataValidationError
+    from .infer import resolve_device
 
     start = time.perf_counter()
     try:
+        resolve_device(args.device)
         report = run_demo(args) if args.command == "demo" else run_fit(args)
-    except DataValidationError as error:
+    except (DataValidationError, DeviceUnavailableError, FileNotFoundError) as error:
         print(f"causalcell {args.command}: {error}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))

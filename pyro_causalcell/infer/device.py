@@ -7,13 +7,17 @@ import torch
 from ..data import CellData
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={str(device)!r} was requested but CUDA is not available; "
+        raise DeviceUnavailableError(f"device={str(device)!r} was requested but CUDA is not available; "
                            "use device='cpu' or device='auto'.")
     return device
 

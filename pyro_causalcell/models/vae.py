@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import pyro
@@ -54,8 +55,8 @@ class VAE(nn.Module):
                  n_layers: int = 1, beta: float = 1.0, likelihood: str = "nb",
                  dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.0):
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {beta}")
         self.init_args = dict(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, beta=beta,
                               likelihood=likelihood, dispersion=dispersion,
                               use_domain=use_domain, dropout=dropout)
