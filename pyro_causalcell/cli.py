@@ -103,6 +103,7 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pyro
 
     from . import metrics
     from .infer import fit, latent, save
@@ -110,6 +111,7 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict,
     from .plotting import plot_elbo, plot_latent
 
     out.mkdir(parents=True, exist_ok=True)
+    pyro.set_rng_seed(args.seed)  # the initial weights too: the same seed gives the same run
     model = VAE(data.schema, n_latent=args.n_latent, n_hidden=args.n_hidden,
                 n_layers=args.n_layers, beta=args.beta, likelihood=args.likelihood)
     history = fit(model, data, max_epochs=args.max_epochs, batch_size=args.batch_size,

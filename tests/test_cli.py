@@ -221,3 +221,14 @@ def test_an_unavailable_device_exits_2_with_a_message(h5ad, tmp_path, capsys):
     code = main(["fit", str(h5ad), "--out", str(tmp_path / "o"), *FAST, "--device", "cuda"])
     assert code == 2
     assert "device='cuda' was requested but CUDA is not available" in capsys.readouterr().err
+
+
+def test_the_same_seed_gives_the_same_demo(tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        assert main(["demo", "--out", str(tmp_path / name), "--n-cells", "200", "--n-genes", "20",
+                     "--max-epochs", "2", "--quiet", "--device", "cpu"]) == 0
+        report = json.loads((tmp_path / name / "metrics.json").read_text())
+        report.pop("training_seconds")
+        reports.append(report)
+    assert reports[0] == reports[1]
