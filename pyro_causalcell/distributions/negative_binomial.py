@@ -8,9 +8,8 @@ For mean :math:`\\mu` and inverse dispersion :math:`\\theta` (variance
         + \\theta \\log\\theta + x \\log\\mu - (x+\\theta)\\log(\\theta+\\mu).
 
 Decoders produce :math:`\\log\\mu` directly (log-softmax plus log library size), so the
-distributions take ``log_mean`` and never evaluate ``log(exp(.))``. Terms that depend only on
-:math:`\\theta` are evaluated on :math:`\\theta`'s own (usually per-gene) shape before
-broadcasting, which saves one of three ``lgamma`` passes over the cells x genes array.
+distributions take ``log_mean`` and never evaluate ``log(exp(.))``. The log-density and its
+gradient come from :mod:`pyro_causalcell.distributions.nb_log_prob`.
 """
 
 from __future__ import annotations
@@ -20,53 +19,7 @@ import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
-
-class _NegativeBinomialLogProb(torch.autograd.Function):
-    """Elementwise NB log-density with a hand-derived backward pass.
-
-    With :math:`r = (x+\\theta)/(\\theta+\\mu)`:
-    :math:`\\partial/\\partial\\log\\mu = x - \\mu r` and
-    :math:`\\partial/\\partial\\theta = \\psi(x+\\theta) - \\psi(\\theta) + \\log\\theta + 1
-    - \\log(\\theta+\\mu) - r`. Computing these directly takes about half the passes over
-    the cells x genes array that autograd needs for the same formula, and stores less.
-    """
-
-    @staticmethod
-    def forward(ctx, value, log_mean, mean, theta):
-        log_theta = theta.log()
-        theta_only = theta * log_theta - torch.lgamma(theta)  # on theta's own shape
-        log_theta_plus_mu = (theta + mean).log()
-        value_plus_theta = value + theta
-        out = (torch.lgamma(value_plus_theta) - torch.lgamma(value + 1.0) + theta_only
-               + value * log_mean - value_plus_theta * log_theta_plus_mu)
-        ctx.save_for_backward(value, mean, theta, log_theta_plus_mu)
-        ctx.shapes = (log_mean.shape, theta.shape)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        value, mean, theta, log_theta_plus_mu = ctx.saved_tensors
-        log_mean_shape, theta_shape = ctx.shapes
-        value_plus_theta = value + theta
-        ratio = value_plus_theta * torch.exp(-log_theta_plus_mu)
-        grad_log_mean = grad_theta = None
-        if ctx.needs_input_grad[1]:
-            grad_log_mean = (grad * (value - mean * ratio)).sum_to_size(log_mean_shape)
-        if ctx.needs_input_grad[3]:
-            per_element = grad * (torch.digamma(value_plus_theta) - ratio - log_theta_plus_mu)
-            theta_only = theta.log() + 1.0 - torch.digamma(theta)
-            grad_theta = (per_element.sum_to_size(theta_shape)
-                          + theta_only * grad.sum_to_size(theta_shape))
-        return None, grad_log_mean, None, grad_theta
-
-
-def _nb_log_prob(value: torch.Tensor, log_mean: torch.Tensor, mean: torch.Tensor | None,
-                 inverse_dispersion: torch.Tensor) -> torch.Tensor:
-    if mean is None:
-        mean = log_mean.exp()
-    # mean enters as a value of exp(log_mean): its gradient is routed through log_mean
-    return _NegativeBinomialLogProb.apply(value, log_mean, mean.detach(), inverse_dispersion)
+from .nb_log_prob import nb_log_prob as _nb_log_prob
 
 
 class NegativeBinomial(TorchDistribution):
