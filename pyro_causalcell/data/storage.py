@@ -33,16 +33,21 @@ class DenseCounts:
 
 
 class SparseCounts:
-    """Counts held in CSR form (row pointers, column indices, values) on any device.
+    """Counts held in CSR form, densified one minibatch at a time.
 
-    Rows are gathered and densified per minibatch on the device that holds them, so a sparse
-    matrix never has to fit densely in memory.
+    On the CPU rows are sliced by SciPy's compiled CSR indexing; on a GPU the CSR arrays live on
+    the device and rows are gathered there with a few vectorised tensor operations, so a sparse
+    matrix never has to fit densely in memory and no minibatch crosses the bus.
     """
 
     def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
                  shape: tuple[int, int]):
         self.indptr, self.indices, self.values = indptr, indices, values
         self._shape = (int(shape[0]), int(shape[1]))
+        self._csr = None
+        if values.device.type == "cpu":  # shares memory with the tensors above
+            self._csr = sp.csr_matrix((values.numpy(), indices.numpy(), indptr.numpy()),
+                                      shape=self._shape)
 
     @classmethod
     def from_scipy(cls, matrix: sp.spmatrix) -> "SparseCounts":
@@ -65,21 +70,24 @@ class SparseCounts:
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Dense ``(len(index), n_genes)`` counts of the given cells."""
+        if self._csr is not None:
+            return torch.from_numpy(self._csr[index.numpy()].toarray())
+        n_rows, n_genes = len(index), self._shape[1]
         starts = self.indptr.index_select(0, index)
         lengths = self.indptr.index_select(0, index + 1) - starts
         total = int(lengths.sum())
-        out = torch.zeros(len(index), self._shape[1], dtype=self.values.dtype,
-                          device=self.values.device)
-        if total == 0:
-            return out
-        row = torch.repeat_interleave(torch.arange(len(index), device=index.device), lengths,
-                                      output_size=total)
-        # position of each stored entry: its row's start plus its offset within the row
-        first_of_row = torch.cumsum(lengths, 0) - lengths
-        offset = torch.arange(total, device=index.device) - first_of_row.index_select(0, row)
-        entry = starts.index_select(0, row) + offset
-        out[row, self.indices.index_select(0, entry)] = self.values.index_select(0, entry)
-        return out
+        out = torch.zeros(n_rows * n_genes, dtype=self.values.dtype, device=self.values.device)
+        if total:
+            # for each stored entry: (its position in the CSR arrays - its rank in the batch,
+            # the flat offset of its output row), repeated over the entries of each row
+            first_of_row = torch.cumsum(lengths, 0) - lengths
+            per_row = torch.stack([starts - first_of_row,
+                                   torch.arange(n_rows, device=index.device) * n_genes])
+            per_entry = torch.repeat_interleave(per_row, lengths, dim=1, output_size=total)
+            entry = torch.arange(total, device=index.device) + per_entry[0]
+            out.index_copy_(0, per_entry[1] + self.indices.index_select(0, entry),
+                            self.values.index_select(0, entry))
+        return out.view(n_rows, n_genes)
 
     def row_sums(self) -> torch.Tensor:
         n = self._shape[0]
