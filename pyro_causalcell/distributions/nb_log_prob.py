@@ -28,13 +28,18 @@ import torch
 TABLE_SIZE = 32  # counts 0..TABLE_SIZE are looked up; larger ones computed exactly
 
 
-def _integer_index(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(clamped long counts, mask of counts above the table)``, or None if not integers."""
+def _integer_index(value: torch.Tensor):
+    """``(clamped long counts, (rows, cols) of counts above the table or None)``.
+
+    None when some count is not a whole number (then the direct formula is used).
+    """
     clamped = value.clamp(max=TABLE_SIZE)
-    index = clamped.long()
-    if (index != clamped).any():
+    if torch.frac(clamped).any():
         return None
-    return index, value > TABLE_SIZE
+    large = None
+    if value.max() > TABLE_SIZE:
+        large = (value > TABLE_SIZE).nonzero(as_tuple=True)
+    return clamped.long(), large
 
 
 def _tables(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +64,8 @@ def _lgamma_part(value, theta, lookup):
     index, large = lookup
     lgamma_table, _ = _tables(theta)
     out = lgamma_table.gather(0, index)
-    if large.any():
-        rows, cols = large.nonzero(as_tuple=True)
+    if large is not None:
+        rows, cols = large
         v, t = value[rows, cols], theta[cols]
         out[rows, cols] = torch.lgamma(v + t) - torch.lgamma(t) - torch.lgamma(v + 1.0)
     return out
@@ -73,8 +78,8 @@ def _digamma_part(value, theta, lookup):
     index, large = lookup
     _, digamma_table = _tables(theta)
     out = digamma_table.gather(0, index)
-    if large.any():
-        rows, cols = large.nonzero(as_tuple=True)
+    if large is not None:
+        rows, cols = large
         v, t = value[rows, cols], theta[cols]
         out[rows, cols] = torch.digamma(v + t) - torch.digamma(t)
     return out
