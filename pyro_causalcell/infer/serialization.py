@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,6 +71,9 @@ def load(path: str | os.PathLike, data: CellData | None = None, *,
         ``data.schema`` differs from the schema saved with the model.
     """
     payload = torch.load(Path(path), map_location=device, weights_only=True)
+    if payload.get("version") != __version__:
+        warnings.warn(f"{path} was saved by pyro_causalcell {payload.get('version')}; this is "
+                      f"{__version__}. Check its latents before relying on them.", stacklevel=2)
     schema = CellSchema.from_dict(payload["schema"])
     if data is not None and data.schema != schema:
         diff = "; ".join(schema.differences(data.schema))

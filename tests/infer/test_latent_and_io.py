@@ -63,3 +63,13 @@ def test_load_refuses_data_encoded_with_another_schema(fitted, tmp_path):
 def test_save_refuses_models_without_constructor_arguments(tmp_path):
     with pytest.raises(TypeError, match="save needs model.schema"):
         save(torch.nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+def test_load_warns_about_a_model_saved_by_another_version(fitted, tmp_path):
+    _, data, model = fitted
+    path = save(model, tmp_path / "vae.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = "0.0.1"
+    torch.save(payload, path)
+    with pytest.warns(UserWarning, match="saved by pyro_causalcell 0.0.1"):
+        load(path, data)
