@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 import pyro
 import pyro.distributions as dist
-import scipy.sparse as sp
 import torch
 
-from ..distributions import NegativeBinomial
+from ._common import counts_anndata, sample_counts, trace_with_seed
 
 
 @dataclass
@@ -78,11 +77,8 @@ def cell_types_program(world: CellTypeWorld, n_cells: int) -> torch.Tensor:
         z = pyro.sample("z", dist.Normal(world.centres[label], 1.0).to_event(1))
         library = pyro.sample("library", dist.LogNormal(world.log_library_mean,
                                                         world.log_library_scale))
-        log_mean = torch.log_softmax(world.expression_logits(z, domain), -1) + library.log()[:, None]
-        pyro.deterministic("expression", log_mean.exp(), event_dim=1)
-        return pyro.sample("counts", NegativeBinomial(log_mean=log_mean,
-                                                      inverse_dispersion=world.inverse_dispersion
-                                                      ).to_event(1))
+        return sample_counts(world.expression_logits(z, domain), library,
+                             world.inverse_dispersion)
 
 
 def cell_types(n_cells: int = 3000, n_genes: int = 200, n_cell_types: int = 4,
@@ -110,21 +106,15 @@ def cell_types(n_cells: int = 3000, n_genes: int = 200, n_cell_types: int = 4,
     generator = torch.Generator().manual_seed(seed)
     world = CellTypeWorld.draw(n_genes, n_cell_types, n_batches, n_latent, batch_strength,
                                library_size, generator)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        trace = pyro.poutine.trace(cell_types_program).get_trace(world, n_cells)
-    counts = trace.nodes["counts"]["value"].numpy().astype(np.int64)
+    trace = trace_with_seed(cell_types_program, seed, world, n_cells)
     label = trace.nodes["label"]["value"].numpy()
     domain = trace.nodes["domain"]["value"].numpy()
-    obs = pd.DataFrame(
-        {"cell_type": pd.Categorical([f"type_{i}" for i in label]),
-         "batch": pd.Categorical([f"batch_{i}" for i in domain])},
-        index=[f"cell_{i}" for i in range(n_cells)])
-    var = pd.DataFrame(index=[f"gene_{j}" for j in range(n_genes)])
-    adata = ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
-    adata.obsm["z_true"] = trace.nodes["z"]["value"].numpy()
-    adata.uns["simulation"] = dict(name="cell_types", n_cells=n_cells, n_genes=n_genes,
-                                   n_cell_types=n_cell_types, n_batches=n_batches,
-                                   n_latent=n_latent, batch_strength=batch_strength,
-                                   library_size=library_size, seed=seed)
-    return adata
+    return counts_anndata(
+        trace.nodes["counts"]["value"],
+        obs={"cell_type": pd.Categorical([f"type_{i}" for i in label]),
+             "batch": pd.Categorical([f"batch_{i}" for i in domain])},
+        obsm={"z_true": trace.nodes["z"]["value"]},
+        uns={"simulation": dict(name="cell_types", n_cells=n_cells, n_genes=n_genes,
+                                n_cell_types=n_cell_types, n_batches=n_batches,
+                                n_latent=n_latent, batch_strength=batch_strength,
+                                library_size=library_size, seed=seed)})
