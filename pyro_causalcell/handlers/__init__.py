@@ -1,5 +1,8 @@
-"""Poutine messengers used by the engines: latent scaling (KL warm-up)."""
+"""Poutine messengers: latent scaling (KL warm-up) and stochastic interventions."""
 
 from .latent_scale import LatentScaleMessenger, scale_latents
+from .stochastic_intervention import (CoordinateMixture, StochasticInterventionMessenger,
+                                      intervene_on_coordinates, stochastic_intervention)
 
-__all__ = ["LatentScaleMessenger", "scale_latents"]
+__all__ = ["LatentScaleMessenger", "scale_latents", "StochasticInterventionMessenger",
+           "stochastic_intervention", "intervene_on_coordinates", "CoordinateMixture"]
