@@ -1,6 +1,7 @@
 """Models: Pyro model/guide pairs following the package's model protocol."""
 
 from . import components
+from .sparse_shift import SPARSITY, SparseShiftVAE, target_probabilities
 from .vae import VAE
 
-__all__ = ["VAE", "components"]
+__all__ = ["VAE", "SparseShiftVAE", "SPARSITY", "target_probabilities", "components"]

@@ -35,6 +35,21 @@ def observe_domain(batch: CellBatch, n_domains: int) -> torch.Tensor:
     return pyro.sample("domain", dist.Categorical(logits=logits), obs=batch.domain)
 
 
+def observe_perturbation(batch: CellBatch) -> torch.Tensor:
+    """Sample site ``"perturbation"`` observed at the multi-hot ``batch.perturbation``.
+
+    The prior (independent Bernoulli(1/2) per perturbation) is a constant; the site exists so
+    that ``pyro.do(model, {"perturbation": ...})`` reaches everything downstream of it.
+
+    Returns
+    -------
+    (batch, n_perturbations) float tensor
+        The (possibly intervened) multi-hot perturbations.
+    """
+    probs = batch.perturbation.new_full((batch.perturbation.shape[-1],), 0.5)
+    return pyro.sample("perturbation", dist.Bernoulli(probs).to_event(1), obs=batch.perturbation)
+
+
 def one_hot(index: torch.Tensor, n_categories: int) -> torch.Tensor:
     """``(batch,)`` long -> ``(batch, n_categories)`` float one-hot."""
     return F.one_hot(index, n_categories).to(torch.get_default_dtype())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import uuid
 
@@ -77,19 +78,38 @@ class VAE(nn.Module):
     def _covariates(self, domain: torch.Tensor | None) -> torch.Tensor | None:
         return one_hot(domain, self.n_domains) if self.n_covariates else None
 
+    # ------------------------------------------------------------------ hooks for subclasses
+    def model_globals(self, batch: CellBatch) -> dict:
+        """Global (non-per-cell) sites of the model; returns what :meth:`latent_prior` needs."""
+        return {}
+
+    def guide_globals(self, batch: CellBatch) -> None:
+        """Guide for the sites of :meth:`model_globals`."""
+
+    def latent_mechanisms(self, batch: CellBatch, globals_: dict):
+        """Context (inside the cells plate) that may change the mechanism of ``"z"``.
+
+        The control mechanism is ``Normal(0, I)``; subclasses return e.g. a
+        :class:`~pyro_causalcell.handlers.StochasticInterventionMessenger`.
+        """
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ protocol
     def model(self, batch: CellBatch) -> torch.Tensor:
         """Generative program; returns the ``(batch, n_genes)`` expected expression."""
         pyro.module(self.pyro_name, self)
+        globals_ = self.model_globals(batch)
         with cells_plate(batch):
             domain = observe_domain(batch, self.n_domains) if self.n_domains else None
             prior = dist.Normal(batch.library.new_zeros(self.n_latent), 1.0).to_event(1)
-            with poutine.scale(scale=self.beta):
+            with self.latent_mechanisms(batch, globals_), poutine.scale(scale=self.beta):
                 z = pyro.sample("z", prior)
             return emit_counts(self.decoder, z, batch, self._covariates(domain), domain)
 
     def guide(self, batch: CellBatch) -> torch.Tensor:
         """Amortised posterior ``q(z | counts, domain)``; returns the sampled ``z``."""
         pyro.module(self.pyro_name, self)
+        self.guide_globals(batch)
         with cells_plate(batch):
             loc, scale = self.encoder(batch.counts, self._covariates(batch.domain))
             with poutine.scale(scale=self.beta):
