@@ -45,6 +45,8 @@ class VAE(nn.Module):
         Give the one-hot domain to encoder and decoder (when the schema has domains), so the
         latent space need not encode batch.
     dropout : float
+    norm : {None, "layer", "batch"}
+        Normalisation of the hidden layers of encoder and decoder.
 
     Notes
     -----
@@ -54,13 +56,14 @@ class VAE(nn.Module):
 
     def __init__(self, schema: CellSchema, n_latent: int = 10, n_hidden: int = 128,
                  n_layers: int = 1, beta: float = 1.0, likelihood: str = "nb",
-                 dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.0):
+                 dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.0,
+                 norm: str | None = None):
         super().__init__()
         if not (math.isfinite(beta) and beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {beta}")
         self.init_args = dict(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, beta=beta,
                               likelihood=likelihood, dispersion=dispersion,
-                              use_domain=use_domain, dropout=dropout)
+                              use_domain=use_domain, dropout=dropout, norm=norm)
         self.schema = schema
         self.n_latent = n_latent
         self.beta = beta
@@ -68,11 +71,12 @@ class VAE(nn.Module):
         self.n_covariates = self.n_domains if use_domain else 0
         hidden = [n_hidden] * n_layers
         self.encoder = GaussianEncoder(schema.n_genes, n_latent, hidden,
-                                       n_covariates=self.n_covariates, dropout=dropout)
+                                       n_covariates=self.n_covariates, dropout=dropout,
+                                       norm=norm)
         self.decoder = CountDecoder(n_latent, schema.n_genes, hidden,
                                     n_covariates=self.n_covariates, likelihood=likelihood,
                                     dispersion=dispersion, n_domains=self.n_domains,
-                                    dropout=dropout)
+                                    dropout=dropout, norm=norm)
         self.pyro_name = f"vae_{uuid.uuid4().hex[:8]}"
 
     def _covariates(self, domain: torch.Tensor | None) -> torch.Tensor | None:

@@ -30,11 +30,13 @@ class CountDecoder(nn.Module):
     n_domains : int
         Number of domains (needed for ``dispersion="gene-domain"``).
     dropout : float
+    norm : {None, "layer", "batch"}
+        Normalisation of hidden layers (see :class:`MLP`).
     """
 
     def __init__(self, n_latent: int, n_genes: int, hidden: Sequence[int] = (128,), *,
                  n_covariates: int = 0, likelihood: str = "nb", dispersion: str = "gene",
-                 n_domains: int = 0, dropout: float = 0.0):
+                 n_domains: int = 0, dropout: float = 0.0, norm: str | None = None):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood={likelihood!r}; choose one of {LIKELIHOODS}")
@@ -45,7 +47,8 @@ class CountDecoder(nn.Module):
         self.likelihood = likelihood
         self.dispersion = dispersion
         n_out = 2 * n_genes if likelihood == "zinb" else n_genes
-        self.net = MLP(n_latent, n_out, hidden, n_covariates=n_covariates, dropout=dropout)
+        self.net = MLP(n_latent, n_out, hidden, n_covariates=n_covariates, dropout=dropout,
+                       norm=norm)
         self.n_genes = n_genes
         rows = n_domains if dispersion == "gene-domain" else 1
         self.log_inverse_dispersion = nn.Parameter(torch.zeros(rows, n_genes))

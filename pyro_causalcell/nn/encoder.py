@@ -22,15 +22,18 @@ class GaussianEncoder(nn.Module):
     hidden : sequence of int
     n_covariates : int
     dropout : float
+    norm : {None, "layer", "batch"}
+        Normalisation of hidden layers (see :class:`MLP`).
     min_scale : float
         Lower bound added to the softplus scale, for numerical safety.
     """
 
     def __init__(self, n_genes: int, n_latent: int, hidden: Sequence[int] = (128,), *,
-                 n_covariates: int = 0, dropout: float = 0.0, min_scale: float = 1e-4):
+                 n_covariates: int = 0, dropout: float = 0.0, norm: str | None = None,
+                 min_scale: float = 1e-4):
         super().__init__()
         self.net = MLP(n_genes, 2 * n_latent, hidden, n_covariates=n_covariates,
-                       dropout=dropout)
+                       dropout=dropout, norm=norm)
         self.n_latent = n_latent
         self.min_scale = min_scale
 

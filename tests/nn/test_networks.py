@@ -62,6 +62,30 @@ def test_mlp_without_hidden_layers_is_linear():
     torch.testing.assert_close(mlp(2 * x) - mlp(x), mlp(x) - mlp(torch.zeros_like(x)))
 
 
+def test_layer_norm_treats_each_cell_on_its_own():
+    mlp = MLP(5, 4, (16,), norm="layer")
+    x = torch.randn(8, 5)
+    torch.testing.assert_close(mlp(x)[:3], mlp(x[:3]))
+    hidden = mlp.norms[0](mlp.layers[0](x))
+    torch.testing.assert_close(hidden.mean(-1), torch.zeros(8), atol=1e-5, rtol=0)
+
+
+def test_batch_norm_standardises_in_training_and_handles_one_cell():
+    mlp = MLP(5, 4, (16,), norm="batch")
+    mlp.train()
+    x = 3.0 + 2.0 * torch.randn(64, 5)
+    hidden = mlp.norms[0](mlp.layers[0](x))
+    torch.testing.assert_close(hidden.mean(0), torch.zeros(16), atol=1e-4, rtol=0)
+    assert mlp(x[:1]).shape == (1, 4)  # a last minibatch of one cell uses running statistics
+    mlp.eval()
+    torch.testing.assert_close(mlp(x)[:3], mlp(x[:3]))
+
+
+def test_unknown_norm_is_refused():
+    with pytest.raises(ValueError, match="norm='group'; choose one of"):
+        MLP(5, 4, (16,), norm="group")
+
+
 def test_mlp_dropout_only_in_training():
     mlp = MLP(5, 4, (64,), dropout=0.5)
     x = torch.randn(8, 5)
