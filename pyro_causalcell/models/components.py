@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data import CellBatch
 from ..nn import CountDecoder
@@ -82,3 +83,13 @@ def emit_counts(decoder: CountDecoder, z: torch.Tensor, batch: CellBatch,
     expression = pyro.deterministic("expression", decoded["mean"], event_dim=1)
     pyro.sample("counts", decoder.distribution(decoded, domain), obs=batch.counts)
     return expression
+
+
+def append_rows(parameter: nn.Parameter, n_rows: int, fill: float) -> nn.Parameter:
+    """A new parameter: ``parameter`` with ``n_rows`` rows of ``fill`` appended along dim 0.
+
+    Used by models with per-perturbation tables to make room for new perturbations; the
+    existing rows are copied unchanged.
+    """
+    extra = parameter.detach().new_full((n_rows,) + tuple(parameter.shape[1:]), fill)
+    return nn.Parameter(torch.cat([parameter.detach(), extra]))

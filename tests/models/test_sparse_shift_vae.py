@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
@@ -39,40 +40,58 @@ def test_sites_and_shapes(sim, sparsity):
         assert trace.nodes["shift"]["value"].shape == (P, 4)
         assert trace.nodes["perturbation"]["is_observed"]
         assert [f.name for f in trace.nodes["shift"]["cond_indep_stack"]] == ["perturbations"]
-    assert ("mask" in trace.nodes) == (sparsity in ("svae", "svae+"))
-    assert ("mask_sparsity" in trace.nodes) == (sparsity == "svae")
+    assert ("target_probability" in trace.nodes) == (sparsity in ("svae", "svae+"))
+    assert ("target_sparsity" in trace.nodes) == (sparsity == "svae")
     assert trace.nodes["z"]["value"].shape == (20, 4)
     assert trace.nodes["counts"]["is_observed"]
     assert np.isfinite(pyro.infer.Trace_ELBO().loss(model.model, model.guide, batch))
 
 
-def test_targets_of_a_perturbation_follow_its_shift_and_others_stay_standard(sim):
+def test_certain_targets_follow_their_shift_and_others_stay_standard(sim):
     _, data = sim
     model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity="svae+")
     P = data.schema.n_perturbations
-    mask = torch.zeros(P, 4)
-    mask[0, 1] = 1.0
-    mask[1, 3] = 1.0
+    probability = torch.zeros(P, 4)
+    probability[0, 1] = 1.0
+    probability[1, 3] = 1.0
     shift = torch.arange(P * 4, dtype=torch.float32).reshape(P, 4) + 1.0
     perturbation = torch.zeros(3, P)
     perturbation[1, 0] = 1.0  # cell 1: first perturbation; cell 2: first and second
     perturbation[2, :2] = 1.0
     batch = data.batch(torch.arange(3))
-    conditioned = poutine.condition(model.model, data={"mask": mask, "shift": shift})
+    conditioned = poutine.condition(model.model,
+                                    data={"target_probability": probability, "shift": shift})
     intervened = pyro.do(conditioned, data={"perturbation": perturbation})
-    prior = poutine.trace(intervened).get_trace(batch).nodes["z"]["fn"].base_dist
+    site = poutine.trace(intervened).get_trace(batch).nodes["z"]
     expected = torch.zeros(3, 4)
     expected[1, 1] = shift[0, 1]
     expected[2, 1], expected[2, 3] = shift[0, 1], shift[1, 3]
-    torch.testing.assert_close(prior.loc, expected)
-    torch.testing.assert_close(prior.scale, torch.ones(3, 4))
+    z = site["value"]
+    torch.testing.assert_close(site["fn"].log_prob(z),
+                               dist.Normal(expected, 1.0).log_prob(z).sum(-1), atol=1e-4,
+                               rtol=1e-5)
+
+
+def test_iVAE_shifts_every_latent_of_perturbed_cells(sim):
+    _, data = sim
+    model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity="ivae")
+    P = data.schema.n_perturbations
+    shift = torch.randn(P, 4)
+    perturbation = torch.zeros(2, P)
+    perturbation[1, [0, 2]] = 1.0
+    program = pyro.do(poutine.condition(model.model, data={"shift": shift}),
+                      data={"perturbation": perturbation})
+    site = poutine.trace(program).get_trace(data.batch(torch.arange(2))).nodes["z"]
+    loc = torch.stack([torch.zeros(4), shift[0] + shift[2]])
+    torch.testing.assert_close(site["fn"].log_prob(site["value"]),
+                               dist.Normal(loc, 1.0).log_prob(site["value"]).sum(-1))
 
 
 def test_target_probabilities_frame(sim):
     _, data = sim
     model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity="svae+")
     with torch.no_grad():
-        model.mask_logits[2, 3] = 5.0
+        model.target_logit[2, 3] = 5.0
     frame = target_probabilities(model)
     assert frame.shape == (data.schema.n_perturbations, 4)
     assert list(frame.index) == list(data.schema.perturbations)
@@ -99,10 +118,10 @@ def test_fit_trains_masks_and_shifts_and_round_trips(sim, tmp_path):
     torch.manual_seed(0)
     model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity="svae+",
                            sparsity_weight=5.0)
-    before = (model.mask_logits.detach().clone(), model.shift_loc.detach().clone())
+    before = (model.target_logit.detach().clone(), model.shift_loc.detach().clone())
     history = fit(model, data, max_epochs=3, progress=False)
     assert np.isfinite(history.validation_elbo).all()
-    assert not torch.equal(before[0], model.mask_logits) and not torch.equal(
+    assert not torch.equal(before[0], model.target_logit) and not torch.equal(
         before[1], model.shift_loc)
     restored = load(save(model, tmp_path / "svae.pt"), data)
     assert restored.sparsity == "svae+" and restored.sparsity_weight == 5.0
