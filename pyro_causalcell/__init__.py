@@ -6,8 +6,9 @@ trained by one engine (:func:`fit`) and queried by shared engines (:func:`latent
 
 from ._version import __version__
 from .data import CellBatch, CellData, CellSchema, DataValidationError
-from .infer import TrainingHistory, fit, latent, load, save
-from .models import VAE
+from .infer import TrainingHistory, fit, global_posterior, latent, load, save, transfer
+from .models import VAE, SparseShiftVAE, target_probabilities
 
 __all__ = ["__version__", "CellBatch", "CellData", "CellSchema", "DataValidationError",
-           "TrainingHistory", "fit", "latent", "load", "save", "VAE"]
+           "TrainingHistory", "fit", "latent", "load", "save", "transfer", "global_posterior",
+           "VAE", "SparseShiftVAE", "target_probabilities"]

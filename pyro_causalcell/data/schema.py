@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 
@@ -89,6 +89,32 @@ class CellSchema:
         if unknown:
             raise ValueError(f"schema has unknown fields {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def with_perturbations(self, names) -> "CellSchema":
+        """This schema with the perturbations ``names`` appended (for transfer to new ones).
+
+        Data encoded with the result keeps every known perturbation's index; the new ones take
+        the next indices, in the order given.
+
+        Raises
+        ------
+        ValueError
+            A name is already known, repeated, empty, the control value, or a combination.
+        """
+        if self.perturbation_key is None:
+            raise ValueError("this schema has no perturbations (perturbation_key=None); fit the "
+                             "model on data built with perturbation_key=... first")
+        names = tuple(str(n) for n in names)
+        known = set(self.perturbations)
+        bad = [n for n in names if n in known or not n.strip() or n == self.control
+               or "+" in n]
+        if bad or len(set(names)) != len(names):
+            problem = bad or sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(
+                f"cannot add perturbations {_preview(list(problem))}: new perturbations must be "
+                "distinct single perturbations (no 'A+B', not the control value) that the schema "
+                f"does not already hold ({self.n_perturbations} known)")
+        return replace(self, perturbations=self.perturbations + names)
 
     def differences(self, other: "CellSchema") -> list[str]:
         """Human-readable list of fields where ``other`` differs from this schema."""

@@ -82,4 +82,6 @@ def check_known(values: np.ndarray, known: tuple[str, ...], key: str, field: str
             f"{' ...' if len(unseen) > 10 else ''}. A fitted model only knows {list(known)[:10]}"
             f"{' ...' if len(known) > 10 else ''}; drop those cells, or fit a model that "
             "includes them."
+            + (" New perturbations can be added to a fitted model with "
+               "pyro_causalcell.transfer(model, adata)." if field == "perturbation_key" else "")
         )

@@ -4,7 +4,10 @@ from .device import resolve_device
 from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
 from .latent import latent
+from .posterior import global_posterior
 from .serialization import ModelSchemaMismatchError, load, save
+from .transfer import TransferResult, known_rows_unchanged, transfer
 
-__all__ = ["fit", "latent", "save", "load", "evaluate_elbo", "resolve_device",
+__all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known_rows_unchanged",
+           "global_posterior", "evaluate_elbo", "resolve_device",
            "TrainingHistory", "TrainingDivergedError", "ModelSchemaMismatchError"]

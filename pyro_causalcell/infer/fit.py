@@ -104,7 +104,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         lr: float = 1e-3, kl_warmup_epochs: int = 0, validation_fraction: float = 0.1,
         early_stopping: bool = False, patience: int = 10, device: str | torch.device = "auto",
         seed: int = 0, progress: bool = True, elbo: ELBO | None = None,
-        weight_decay: float = 0.0) -> TrainingHistory:
+        weight_decay: float = 0.0, eval_mode: bool = False) -> TrainingHistory:
     """Fit a model by minibatch stochastic variational inference.
 
     Parameters
@@ -135,6 +135,10 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
     elbo : pyro.infer.ELBO, optional
         Objective (default ``Trace_ELBO()``); anything with ``differentiable_loss`` works.
     weight_decay : float
+    eval_mode : bool
+        Keep the model's modules in eval mode while training (no dropout, batch norm uses and
+        keeps its running statistics), e.g. when only a few global parameters are learned
+        and the networks are frozen (:func:`~pyro_causalcell.infer.transfer`).
 
     Returns
     -------
@@ -173,7 +177,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
     start = time.perf_counter()
     n_train = len(train_index)
     bar = tqdm(range(max_epochs), disable=not progress, desc="fit", unit="epoch")
-    model.train()
+    model.train(not eval_mode)
     for epoch in bar:
         weight = _kl_weight(epoch, kl_warmup_epochs)
         model_fn, guide_fn = _weighted(model.model, weight), _weighted(model.guide, weight)
