@@ -12,7 +12,7 @@ import numpy as np
 
 from .infer.device import DeviceUnavailableError
 
-MODELS = ("vae",)
+MODELS = ("vae", "ivae", "svae", "svae+")
 
 DESCRIPTION = """\
 Causal and disentangled representation learning for single-cell counts.
@@ -21,6 +21,10 @@ Causal and disentangled representation learning for single-cell counts.
       simulate cell types in two batches, fit a VAE, write figures, metrics and latents.
   causalcell fit --model vae DATA.h5ad --out results --domain-key batch
       fit a model to your raw counts (AnnData .h5ad) and write the same outputs.
+  causalcell fit --model svae+ DATA.h5ad --out results --perturbation-key guide --control NT
+      sparse mechanism shift VAE: also writes each perturbation's target probabilities.
+  causalcell benchmark sparse-shift --out bench
+      the sVAE study's simulation benchmark (VAE, beta-VAE, iVAE, sVAE, sVAE+).
 
 Run `causalcell <command> --help` for every option.
 """
@@ -53,13 +57,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="KL weight; > 1 gives a beta-VAE (default: %(default)s)")
     group.add_argument("--likelihood", choices=("nb", "zinb", "poisson"), default="nb",
                        help="count likelihood (default: %(default)s)")
+    group.add_argument("--sparsity-weight", type=float, default=50.0,
+                       help="svae / svae+ only: lambda, the L0 penalty (svae) or the "
+                            "Beta(1, lambda) prior on target probabilities (svae+) "
+                            "(default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="causalcell", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{demo,fit}")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,fit,benchmark}")
 
     demo = commands.add_parser(
         "demo", help="fit a VAE to built-in simulated data and write a report",
@@ -95,7 +103,90 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: total counts)")
     _add_model_options(fit)
     _add_training_options(fit, max_epochs=100)
+    _add_benchmark_parser(commands)
     return parser
+
+
+def _add_benchmark_parser(commands) -> None:
+    from .benchmarks.sparse_shift import MODELS as BENCHMARK_MODELS
+
+    bench = commands.add_parser("benchmark", help="reproduce a published evaluation",
+                                description="Reproduce a published evaluation end to end.")
+    kinds = bench.add_subparsers(dest="benchmark", metavar="{sparse-shift}", required=True)
+    sparse = kinds.add_parser(
+        "sparse-shift", help="the sVAE study's simulation benchmark",
+        description="Simulate the sVAE study's design (15 latents, 100 perturbations x 250 "
+                    "cells, 100 genes), train on 80 perturbations, hold out 20, and for each "
+                    "model write MCC, linear R^2, target precision / recall / F1 / AUROC, "
+                    "held-out IWELBO after transfer and timings to table.csv and table.md, "
+                    "with targets.png (learned vs true targets of the last sparse model).")
+    sparse.add_argument("--out", type=Path, default=Path("sparse_shift_benchmark"),
+                        help="output folder (default: %(default)s)")
+    sparse.add_argument("--models", default=",".join(BENCHMARK_MODELS),
+                        help="comma-separated subset of %(default)s")
+    sparse.add_argument("--max-epochs", type=int, default=300, help="default: %(default)s")
+    sparse.add_argument("--transfer-epochs", type=int, default=100, help="default: %(default)s")
+    sparse.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+    sparse.add_argument("--lr", type=float, default=1e-3, help="default: %(default)s")
+    sparse.add_argument("--kl-warmup-epochs", type=int, default=50, help="default: %(default)s")
+    sparse.add_argument("--n-importance-samples", type=int, default=100,
+                        help="importance samples per held-out cell (default: %(default)s)")
+    sparse.add_argument("--quick", action="store_true",
+                        help="a small simulation (6 latents, 20 perturbations x 100 cells) "
+                             "that runs in about a minute, to check the set-up")
+    sparse.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    sparse.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    sparse.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+QUICK_SPARSE_SHIFT = dict(n_latent=6, n_perturbations=20, n_cells_per_perturbation=100,
+                          n_genes=60, n_held_out=4, max_epochs=40, transfer_epochs=20,
+                          kl_warmup_epochs=10, n_importance_samples=20)
+
+
+def markdown_table(table) -> str:
+    """A pandas DataFrame as a GitHub markdown table (3 significant digits)."""
+    header = [table.index.name or ""] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, row in table.iterrows():
+        cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join([str(index)] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(args) -> dict:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .benchmarks.sparse_shift import SparseShiftBenchmark
+    from .plotting import plot_targets
+
+    settings = dict(models=[m.strip() for m in args.models.split(",") if m.strip()],
+                    max_epochs=args.max_epochs, transfer_epochs=args.transfer_epochs,
+                    batch_size=args.batch_size, lr=args.lr,
+                    kl_warmup_epochs=args.kl_warmup_epochs,
+                    n_importance_samples=args.n_importance_samples, seed=args.seed,
+                    device=args.device, progress=not args.quiet)
+    if args.quick:
+        settings.update(QUICK_SPARSE_SHIFT)
+    benchmark = SparseShiftBenchmark(**settings)
+    table = benchmark.run(log=lambda line: print(line, file=sys.stderr, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "table.csv")
+    (args.out / "table.md").write_text(markdown_table(table))
+    (args.out / "settings.json").write_text(json.dumps(
+        {k: v for k, v in settings.items() if k != "progress"}, indent=2) + "\n")
+    sparse = [name for name in table.index if name in ("sVAE", "sVAE+")]
+    if sparse:
+        fitted = benchmark.fitted[sparse[-1]]
+        train, _ = benchmark.simulate()
+        figure = plot_targets(fitted["scores"], train.uns["true_targets"],
+                              assignment=fitted["assignment"],
+                              title=f"{sparse[-1]} target probability")
+        figure.savefig(args.out / "targets.png", dpi=120)
+        plt.close(figure)
+    return {"table": json.loads(table.to_json(orient="index"))}
 
 
 def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict,
@@ -107,13 +198,18 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict,
 
     from . import metrics
     from .infer import fit, latent, save
-    from .models import VAE
+    from .models import VAE, SparseShiftVAE, target_probabilities
     from .plotting import plot_elbo, plot_latent
 
     out.mkdir(parents=True, exist_ok=True)
     pyro.set_rng_seed(args.seed)  # the initial weights too: the same seed gives the same run
-    model = VAE(data.schema, n_latent=args.n_latent, n_hidden=args.n_hidden,
-                n_layers=args.n_layers, beta=args.beta, likelihood=args.likelihood)
+    sizes = dict(n_latent=args.n_latent, n_hidden=args.n_hidden, n_layers=args.n_layers,
+                 beta=args.beta, likelihood=args.likelihood)
+    if name == "vae":
+        model = VAE(data.schema, **sizes)
+    else:
+        model = SparseShiftVAE(data.schema, sparsity=name, sparsity_weight=args.sparsity_weight,
+                               **sizes)
     history = fit(model, data, max_epochs=args.max_epochs, batch_size=args.batch_size,
                   lr=args.lr, kl_warmup_epochs=args.kl_warmup_epochs,
                   validation_fraction=args.validation_fraction,
@@ -121,6 +217,8 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict,
                   device=args.device, seed=args.seed, progress=not args.quiet)
     z = latent(model, data)
     save(model, out / "model.pt")
+    if name != "vae":
+        target_probabilities(model).to_csv(out / "target_probabilities.csv")
     history.to_dataframe().to_csv(out / "history.csv", index=False)
 
     ax = plot_elbo(history)
@@ -198,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         resolve_device(args.device)
-        report = run_demo(args) if args.command == "demo" else run_fit(args)
-    except (DataValidationError, DeviceUnavailableError, FileNotFoundError) as error:
+        run = {"demo": run_demo, "fit": run_fit, "benchmark": run_benchmark}[args.command]
+        report = run(args)
+    except (DataValidationError, DeviceUnavailableError, FileNotFoundError, ValueError) as error:
         print(f"causalcell {args.command}: {error}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))
