@@ -6,9 +6,11 @@ trained by one engine (:func:`fit`) and queried by shared engines (:func:`latent
 
 from ._version import __version__
 from .data import CellBatch, CellData, CellSchema, DataValidationError
-from .infer import TrainingHistory, fit, global_posterior, latent, load, save, transfer
+from .infer import (TrainingHistory, counterfactual, fit, global_posterior, interventional, latent,
+                    load, save, transfer)
 from .models import VAE, SparseShiftVAE, target_probabilities
 
 __all__ = ["__version__", "CellBatch", "CellData", "CellSchema", "DataValidationError",
            "TrainingHistory", "fit", "latent", "load", "save", "transfer", "global_posterior",
+           "counterfactual", "interventional",
            "VAE", "SparseShiftVAE", "target_probabilities"]

@@ -1,8 +1,12 @@
-"""Poutine messengers: latent scaling (KL warm-up) and stochastic interventions."""
+"""Poutine messengers: latent scaling (KL warm-up), stochastic interventions and exogenous noise
+(abduction and replay, for counterfactuals)."""
 
+from .exogenous_noise import (AbductionMessenger, Noise, NoiseReplayMessenger, abduct,
+                              predict)
 from .latent_scale import LatentScaleMessenger, scale_latents
 from .stochastic_intervention import (CoordinateMixture, StochasticInterventionMessenger,
                                       intervene_on_coordinates, stochastic_intervention)
 
 __all__ = ["LatentScaleMessenger", "scale_latents", "StochasticInterventionMessenger",
-           "stochastic_intervention", "intervene_on_coordinates", "CoordinateMixture"]
+           "stochastic_intervention", "intervene_on_coordinates", "CoordinateMixture", "AbductionMessenger",
+           "NoiseReplayMessenger", "Noise", "abduct", "predict"]

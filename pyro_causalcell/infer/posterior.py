@@ -59,13 +59,13 @@ def _dims(model, name: str, site: dict) -> tuple[list[str], dict[str, list]]:
 @torch.no_grad()
 def global_posterior(model, data: CellData, sites: Sequence[str] | None = None,
                      n_samples: int = 500, seed: int = 0) -> arviz.InferenceData:
-    """Samples of the guide's global sites (shifts, masks, ...) as ArviZ ``InferenceData``.
+    """Samples of the guide's global sites (shifts, target probabilities, ...) as ArviZ data.
 
     Global sites are the guide's latent sample sites outside the ``"cells"`` plate, e.g. a
-    :class:`~pyro_causalcell.models.SparseShiftVAE`'s ``"shift"`` and ``"mask"``. The guide is
-    run ``n_samples`` times on one cell (so dependent global sites are sampled jointly); the
-    global RNG state is left unchanged. Credible intervals:
-    ``az.summary(idata, hdi_prob=0.9)``.
+    :class:`~pyro_causalcell.models.SparseShiftVAE`'s ``"shift"`` and
+    ``"target_probability"``. The guide is run ``n_samples`` times on one cell (so dependent
+    global sites are sampled jointly); the global RNG state is left unchanged. Credible
+    intervals: ``az.summary(idata, hdi_prob=0.9)``.
 
     Parameters
     ----------
