@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import CellBatch, CellSchema
-from ..distributions.shift_mixture import shift_mixture
+from ..distributions import shift_mixture
 from ..handlers import StochasticInterventionMessenger
 from .components import append_rows, observe_perturbation
 from .vae import VAE
