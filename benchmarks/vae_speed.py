@@ -103,7 +103,7 @@ def run_loop(args, queue):
     counts = torch.as_tensor(synthetic_counts(args.n_cells, args.n_genes)).to(device)
     torch.manual_seed(0)
     model = HandWrittenVAE(args.n_genes).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as fit uses
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=0.01, fused=True)  # as fit
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(args.n_cells, generator=generator)
     n_val = round(0.1 * args.n_cells)

@@ -50,13 +50,15 @@ def split_cells(n_cells: int, validation_fraction: float, generator: torch.Gener
     return order[n_validation:], order[:n_validation]
 
 
-def make_adam(parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+def make_adam(parameters, lr: float, weight_decay: float = 0.0,
+              eps: float = 0.01) -> torch.optim.Adam:
     """Adam with the fused (single-kernel) update where the device supports it."""
     parameters = list(parameters)
+    options = dict(lr=lr, weight_decay=weight_decay, eps=eps)
     try:
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.Adam(parameters, fused=True, **options)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.Adam(parameters, foreach=True, **options)
 
 
 def _kl_weight(epoch: int, warmup_epochs: int) -> float:
@@ -104,7 +106,8 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         lr: float = 1e-3, kl_warmup_epochs: int = 0, validation_fraction: float = 0.1,
         early_stopping: bool = False, patience: int = 10, device: str | torch.device = "auto",
         seed: int = 0, progress: bool = True, elbo: ELBO | None = None,
-        weight_decay: float = 0.0, eval_mode: bool = False) -> TrainingHistory:
+        weight_decay: float = 0.0, adam_eps: float = 0.01,
+        eval_mode: bool = False) -> TrainingHistory:
     """Fit a model by minibatch stochastic variational inference.
 
     Parameters
@@ -135,6 +138,10 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
     elbo : pyro.infer.ELBO, optional
         Objective (default ``Trace_ELBO()``); anything with ``differentiable_loss`` works.
     weight_decay : float
+    adam_eps : float
+        Adam's denominator constant. 0.01 (scvi-tools' default) damps the steps of parameters
+        whose gradients are small; it recovered simulated latents markedly better than
+        PyTorch's 1e-8 in our sparse-shift runs.
     eval_mode : bool
         Keep the model's modules in eval mode while training (no dropout, batch norm uses and
         keeps its running statistics), e.g. when only a few global parameters are learned
@@ -170,7 +177,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         raise ValueError(f"no cells left to train on ({data.n_cells} cells, "
                          f"validation_fraction={validation_fraction})")
     elbo = elbo or Trace_ELBO()
-    optimizer = make_adam(model.parameters(), lr, weight_decay)
+    optimizer = make_adam(model.parameters(), lr, weight_decay, adam_eps)
     history = TrainingHistory()
     best = (-math.inf, None)
     epochs_without_improvement = 0
