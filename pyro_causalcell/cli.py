@@ -127,7 +127,7 @@ def _add_benchmark_parser(commands) -> None:
     sparse.add_argument("--max-epochs", type=int, default=300, help="default: %(default)s")
     sparse.add_argument("--transfer-epochs", type=int, default=100, help="default: %(default)s")
     sparse.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    sparse.add_argument("--lr", type=float, default=3e-3, help="default: %(default)s")
+    sparse.add_argument("--lr", type=float, default=1e-2, help="default: %(default)s")
     sparse.add_argument("--kl-warmup-epochs", type=int, default=50, help="default: %(default)s")
     sparse.add_argument("--n-importance-samples", type=int, default=100,
                         help="importance samples per held-out cell (default: %(default)s)")

@@ -27,8 +27,8 @@ from ..models import SparseShiftVAE, target_probabilities
 from ..simulate.sparse_shift import sparse_shift, split_perturbations
 
 #: the study's five models: SparseShiftVAE keyword arguments. The sparsity weights were chosen
-#: on this simulation (seed 0, 50-epoch runs): stronger sparsity recovered the latents better;
-#: sVAE+'s Beta(1, lambda) prior also shrinks a true target's probability towards
+#: on this simulation (seed 0, 50- to 80-epoch runs): stronger sparsity recovered the latents
+#: better; sVAE+'s Beta(1, lambda) prior also shrinks a true target's probability towards
 #: n / (n + lambda) for n cells, so lambda stays below the cells per perturbation.
 MODELS: dict[str, dict] = {
     "VAE": dict(sparsity="vae"),
@@ -53,7 +53,7 @@ class SparseShiftBenchmark:
     n_layers: int = 2
     max_epochs: int = 300
     batch_size: int = 128
-    lr: float = 3e-3
+    lr: float = 1e-2
     kl_warmup_epochs: int = 50
     transfer_epochs: int = 100
     transfer_lr: float = 5e-3
