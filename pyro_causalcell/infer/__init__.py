@@ -1,6 +1,6 @@
 """Engines that work on any model following the model protocol: fit, latent, save / load."""
 
-from .counterfactual import counterfactual, interventional
+from .counterfactual import counterfactual, intervention_tensor, interventional
 from .device import resolve_device
 from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
@@ -10,5 +10,6 @@ from .serialization import ModelSchemaMismatchError, load, save
 from .transfer import TransferResult, known_rows_unchanged, transfer
 
 __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known_rows_unchanged",
-           "global_posterior", "counterfactual", "interventional", "evaluate_elbo", "resolve_device",
+           "global_posterior", "counterfactual", "interventional", "intervention_tensor",
+           "evaluate_elbo", "resolve_device",
            "TrainingHistory", "TrainingDivergedError", "ModelSchemaMismatchError"]
