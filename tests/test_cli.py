@@ -178,9 +178,49 @@ def test_fit_refuses_an_unknown_model(h5ad, tmp_path, capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
+def test_fit_svae_plus_writes_target_probabilities(tmp_path, capsys):
+    from pyro_causalcell.simulate.sparse_shift import sparse_shift
+
+    path = tmp_path / "screen.h5ad"
+    sparse_shift(n_latent=3, n_perturbations=4, n_cells_per_perturbation=30, n_genes=40,
+                 n_control_cells=30, seed=0).write_h5ad(path)
+    out = tmp_path / "out"
+    code = main(["fit", "--model", "svae+", str(path), "--out", str(out), "--perturbation-key",
+                 "perturbation", "--control", "control", "--n-latent", "3", *FAST])
+    assert code == 0
+    table = pd.read_csv(out / "target_probabilities.csv", index_col=0)
+    assert list(table.index) == ["p0", "p1", "p2", "p3"] and table.shape == (4, 3)
+    assert ((table > 0) & (table < 1)).all().all()
+    assert json.loads(capsys.readouterr().out.split("\nwrote")[0])["model"] == "svae+"
+
+
+def test_benchmark_sparse_shift_writes_its_table(tmp_path):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "sparse-shift", "--quick", "--models", "VAE,sVAE+",
+                 "--max-epochs", "2", "--transfer-epochs", "1", "--n-importance-samples", "2",
+                 "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 0
+    table = pd.read_csv(out / "table.csv", index_col=0)
+    assert list(table.index) == ["VAE", "sVAE+"]
+    assert {"mcc_pearson", "target_f1", "target_auroc", "heldout_iwelbo",
+            "fit_seconds"} <= set(table.columns)
+    assert np.isfinite(table.drop(columns=["transfer_seconds"]).to_numpy()).all()
+    assert (out / "targets.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert (out / "table.md").read_text().startswith("| model |")
+
+
+def test_benchmark_refuses_an_unknown_model(tmp_path, capsys):
+    code = main(["benchmark", "sparse-shift", "--quick", "--models", "VAE,LDA",
+                 "--out", str(tmp_path), "--quiet"])
+    assert code == 2
+    assert "unknown models ['LDA']" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------- help
 @pytest.mark.parametrize("argv, mentions", [
-    (["--help"], ["demo", "fit", "causalcell demo --out", "--help"]),
+    (["--help"], ["demo", "fit", "benchmark", "causalcell demo --out", "--help"]),
+    (["benchmark", "sparse-shift", "--help"], ["--out", "--models", "--max-epochs",
+                                               "--transfer-epochs", "--quick", "--seed"]),
     (["demo", "--help"], ["--out", "--n-cells", "--n-genes", "--n-latent", "--beta",
                           "--likelihood", "--max-epochs", "--batch-size", "--lr", "--device",
                           "--seed", "--quiet", "--early-stopping"]),
