@@ -58,19 +58,22 @@ class SparseShiftVAE(VAE):
         latents markedly better than layer norm or none in our runs.
     sparsity : {"vae", "ivae", "svae", "svae+"}
     sparsity_weight : float
-        :math:`\\lambda`: penalty weight (sVAE) or Beta(1, lambda) prior (sVAE+).
+        :math:`\\lambda`: penalty per expected target (sVAE) or the Beta(1, lambda) prior on
+        target probabilities (sVAE+; lambda = 1 is flat, no sparsity). For sVAE+ a true
+        target's probability settles near ``n / (n + lambda)`` for ``n`` cells of the
+        perturbation, so keep lambda well below the cells per perturbation.
     shift_prior_scale : float
         Standard deviation of the Normal prior on shifts.
 
     Notes
     -----
     Sites: global ``"shift"`` and (sVAE, sVAE+) ``"target_probability"``, each ``(P, K)`` in
-    the ``"perturbations"`` plate; per cell ``"domain"`` (if any), ``"perturbation"`` (observed multi-hot), ``"z"``,
-    ``"expression"``, ``"counts"``.
+    the ``"perturbations"`` plate; per cell ``"domain"`` (if any), ``"perturbation"``
+    (observed multi-hot), ``"z"``, ``"expression"``, ``"counts"``.
     """
 
     def __init__(self, schema: CellSchema, n_latent: int = 15, n_hidden: int = 128,
-                 n_layers: int = 2, sparsity: str = "svae+", sparsity_weight: float = 1.0,
+                 n_layers: int = 2, sparsity: str = "svae+", sparsity_weight: float = 50.0,
                  shift_prior_scale: float = 10.0, beta: float = 1.0, likelihood: str = "nb",
                  dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.1,
                  norm: str | None = "batch"):
