@@ -119,7 +119,8 @@ def _add_benchmark_parser(commands) -> None:
                     "cells, 100 genes), train on 80 perturbations, hold out 20, and for each "
                     "model write MCC, linear R^2, target precision / recall / F1 / AUROC, "
                     "held-out IWELBO after transfer and timings to table.csv and table.md, "
-                    "with targets.png (learned vs true targets of the last sparse model).")
+                    "with targets.png (learned vs true targets of the last sparse model) and "
+                    "fitted.npz (each model's training-cell latents and target scores).")
     sparse.add_argument("--out", type=Path, default=Path("sparse_shift_benchmark"),
                         help="output folder (default: %(default)s)")
     sparse.add_argument("--models", default=",".join(BENCHMARK_MODELS),
@@ -177,6 +178,9 @@ def run_benchmark(args) -> dict:
     (args.out / "table.md").write_text(markdown_table(table))
     (args.out / "settings.json").write_text(json.dumps(
         {k: v for k, v in settings.items() if k != "progress"}, indent=2) + "\n")
+    np.savez_compressed(args.out / "fitted.npz", **{
+        f"{name}__{key}": np.asarray(value) for name, fitted in benchmark.fitted.items()
+        for key, value in (("latent", fitted["latent"]), ("targets", fitted["scores"]))})
     sparse = [name for name in table.index if name in ("sVAE", "sVAE+")]
     if sparse:
         fitted = benchmark.fitted[sparse[-1]]

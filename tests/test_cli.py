@@ -206,6 +206,9 @@ def test_benchmark_sparse_shift_writes_its_table(tmp_path):
             "fit_seconds"} <= set(table.columns)
     assert np.isfinite(table.drop(columns=["transfer_seconds"]).to_numpy()).all()
     assert (out / "targets.png").read_bytes().startswith(PNG_SIGNATURE)
+    fitted = np.load(out / "fitted.npz")
+    assert fitted["sVAE+__latent"].shape[1] == 6 and fitted["sVAE+__targets"].shape == (20, 6)
+    assert {"target_f1_abs", "target_auroc_abs"} <= set(table.columns)
     assert (out / "table.md").read_text().startswith("| model |")
 
 
