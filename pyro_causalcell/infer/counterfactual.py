@@ -129,7 +129,7 @@ def _describe(do: dict) -> str:
 
 
 def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: int, seed: int,
-           abduction: bool, kind: str) -> ad.AnnData:
+           abduction: bool, kind: str, n_cells: int | None = None) -> ad.AnnData:
     if output not in OUTPUTS:
         raise ValueError(f"output={output!r}; choose one of {OUTPUTS}")
     if not do:
@@ -138,6 +138,14 @@ def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: in
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     data, obs = _as_data(model, data)
+    indices = None
+    if n_cells is not None:  # resample cells (library sizes, untouched covariates)
+        if n_cells < 1:
+            raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+        generator = torch.Generator().manual_seed(seed)
+        indices = torch.randint(data.n_cells, (n_cells,), generator=generator)
+        obs = obs.iloc[indices.numpy()].copy()
+        obs.index = [f"{name}-{i}" for i, name in enumerate(obs.index)]
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -147,7 +155,7 @@ def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: in
                 devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             checked = False
-            for batch in data.batches(batch_size):
+            for batch in data.batches(batch_size, indices):
                 batch = batch.to(device)
                 if not checked:
                     _check_sites(model, batch, do)
@@ -218,18 +226,19 @@ def counterfactual(model, data: CellData | ad.AnnData, do: dict, *, n_samples: i
                   seed=seed, abduction=True, kind="counterfactual")
 
 
-def interventional(model, data: CellData | ad.AnnData, do: dict, *, n_samples: int = 1,
-                   output: str = "expression", batch_size: int = 512,
+def interventional(model, data: CellData | ad.AnnData, do: dict, *, n_cells: int | None = None,
+                   n_samples: int = 1, output: str = "expression", batch_size: int = 512,
                    seed: int = 0) -> ad.AnnData:
     """Cells drawn from the model under ``do``, without abduction (population level).
 
     Each cell of ``data`` contributes its library size and untouched covariates; its latents
     are drawn afresh from the (intervened) mechanisms, so the result describes the population
-    under ``do(...)``, not these particular cells. Arguments and result as in
-    :func:`counterfactual` (``uns["interventional"]``).
+    under ``do(...)``, not these particular cells. ``n_cells`` resamples that many cells of
+    ``data`` (with replacement, seeded) instead of using each once. Other arguments and the
+    result as in :func:`counterfactual` (``uns["interventional"]``).
     """
     return _query(model, data, do, n_samples=n_samples, output=output, batch_size=batch_size,
-                  seed=seed, abduction=False, kind="interventional")
+                  seed=seed, abduction=False, kind="interventional", n_cells=n_cells)
 
 
 __all__ = ["counterfactual", "interventional", "intervention_tensor"]

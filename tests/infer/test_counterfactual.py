@@ -243,3 +243,15 @@ def test_vae_counterfactual_moves_cells_to_another_batch():
     # 0.84 here; the VAE's latents do not depend on the batch, only its decoder's input does
     assert np.corrcoef(predicted_shift, observed_shift)[0, 1] > 0.75
     assert moved.uns["counterfactual"]["do"] == {"domain": second}
+
+
+def test_interventional_resamples_n_cells(scm):
+    model, data, adata = scm
+    population = interventional(model, adata, {"dose": 1.0}, n_cells=50, seed=4)
+    assert population.shape == (50, 3) and population.obs_names.is_unique
+    assert set(population.obs["dose"]) <= set(adata.obs["dose"])
+    expected = (A * 1.0 * B + 1.0 * C).numpy()
+    assert np.all(np.abs(population.X.mean(0) - expected) < 5 * (SZ * B.abs()).numpy()
+                  / np.sqrt(50))
+    with pytest.raises(ValueError, match="n_cells must be >= 1"):
+        interventional(model, adata, {"dose": 1.0}, n_cells=0)
