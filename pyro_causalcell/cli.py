@@ -184,8 +184,7 @@ def run_benchmark(args) -> dict:
     sparse = [name for name in table.index if name in ("sVAE", "sVAE+")]
     if sparse:
         fitted = benchmark.fitted[sparse[-1]]
-        train, _ = benchmark.simulate()
-        figure = plot_targets(fitted["scores"], train.uns["true_targets"],
+        figure = plot_targets(fitted["scores"], benchmark.true_targets,
                               assignment=fitted["assignment"],
                               title=f"{sparse[-1]} target probability")
         figure.savefig(args.out / "targets.png", dpi=120)

@@ -64,6 +64,8 @@ class SparseShiftBenchmark:
     progress: bool = False
     fitted: dict = field(default_factory=dict, repr=False)
     """Filled by :meth:`run`: model name -> (transferred model, latents of training cells)."""
+    true_targets: np.ndarray | None = field(default=None, repr=False)
+    """Filled by :meth:`run`: the simulation's ``(P, K)`` boolean target graph."""
 
     def simulate(self) -> tuple[ad.AnnData, ad.AnnData]:
         """Training and held-out cells of the simulation."""
@@ -78,6 +80,7 @@ class SparseShiftBenchmark:
         if unknown:
             raise ValueError(f"unknown models {unknown}; choose among {list(MODELS)}")
         train, held = self.simulate()
+        self.true_targets = np.asarray(train.uns["true_targets"], dtype=bool)
         data = CellData.from_anndata(train, perturbation_key="perturbation")
         rows = []
         for name in self.models:
@@ -120,7 +123,7 @@ class SparseShiftBenchmark:
         scores, predicted = self._target_graph(final, data, held_data, z_train)
         order = [list(final.schema.perturbations).index(p)
                  for p in train.uns["perturbation_names"]]
-        truth = np.asarray(train.uns["true_targets"], dtype=bool)
+        truth = self.true_targets
         row = {
             "model": name,
             "mcc_pearson": mean_correlation_coefficient(z_true, z_train),

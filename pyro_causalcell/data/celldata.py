@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from .batch import CellBatch
-from .schema import CellSchema
+from .schema import CellSchema, perturbation_atoms
 from .storage import DenseCounts, SparseCounts
 from .validation import (
     DataValidationError,
@@ -20,8 +20,6 @@ from .validation import (
     check_known,
     obs_column,
 )
-
-COMBINATION_SEPARATOR = "+"
 
 
 @dataclass
@@ -299,10 +297,7 @@ def _align_genes(matrix, genes: list[str], schema: CellSchema, where: str):
 
 def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
                           known: tuple[str, ...] | None):
-    atoms_of = {}
-    for value in np.unique(values):
-        atoms = [a.strip() for a in value.split(COMBINATION_SEPARATOR)]
-        atoms_of[value] = [a for a in atoms if a and a != control]
+    atoms_of = {value: perturbation_atoms(value, control) for value in np.unique(values)}
     if known is None and control is not None and control not in atoms_of:
         raise DataValidationError(
             f"control={control!r} never occurs in adata.obs[{key!r}] (perturbation_key); values "

@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+COMBINATION_SEPARATOR = "+"
+
+
+def perturbation_atoms(value: str, control: str | None) -> list[str]:
+    """The single perturbations a cell's value names: ``"A+B"`` -> ``["A", "B"]``.
+
+    Whitespace around names is dropped, and so are empty names and the control value.
+    """
+    atoms = (atom.strip() for atom in str(value).split(COMBINATION_SEPARATOR))
+    return [atom for atom in atoms if atom and atom != control]
+
 
 @dataclass(frozen=True)
 class CellSchema:
@@ -107,7 +118,7 @@ class CellSchema:
         names = tuple(str(n) for n in names)
         known = set(self.perturbations)
         bad = [n for n in names if n in known or not n.strip() or n == self.control
-               or "+" in n]
+               or COMBINATION_SEPARATOR in n]
         if bad or len(set(names)) != len(names):
             problem = bad or sorted({n for n in names if names.count(n) > 1})
             raise ValueError(

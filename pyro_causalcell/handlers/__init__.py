@@ -8,5 +8,5 @@ from .stochastic_intervention import (CoordinateMixture, StochasticInterventionM
                                       intervene_on_coordinates, stochastic_intervention)
 
 __all__ = ["LatentScaleMessenger", "scale_latents", "StochasticInterventionMessenger",
-           "stochastic_intervention", "intervene_on_coordinates", "CoordinateMixture", "AbductionMessenger",
-           "NoiseReplayMessenger", "Noise", "abduct", "predict"]
+           "stochastic_intervention", "intervene_on_coordinates", "CoordinateMixture",
+           "AbductionMessenger", "NoiseReplayMessenger", "Noise", "abduct", "predict"]

@@ -49,11 +49,17 @@ class Noise:
 
 
 def _unwrap(fn):
-    """``(coordinate-wise distribution, event dims)`` under ``.to_event``."""
-    if isinstance(fn, dist.Independent):
-        inner, n = _unwrap(fn.base_dist)
-        return inner, n + fn.reinterpreted_batch_ndims
-    return fn, 0
+    """The coordinate-wise distribution under ``.to_event``."""
+    while isinstance(fn, dist.Independent):
+        fn = fn.base_dist
+    return fn
+
+
+def _component(components: torch.distributions.Normal, index: torch.Tensor):
+    """``(loc, scale)`` of the mixture component ``index`` (site shape) of each coordinate."""
+    index = index.unsqueeze(-1)
+    return (components.loc.gather(-1, index).squeeze(-1),
+            components.scale.gather(-1, index).squeeze(-1))
 
 
 def _is_normal_mixture(fn) -> bool:
@@ -87,8 +93,7 @@ def _abduct_coordinates(fn, value: torch.Tensor) -> Noise:
         logits = fn.mixture_distribution.logits
         joint = logits + components.log_prob(value.unsqueeze(-1))
         component = torch.distributions.Categorical(logits=joint).sample()
-        loc = components.loc.gather(-1, component.unsqueeze(-1)).squeeze(-1)
-        scale = components.scale.gather(-1, component.unsqueeze(-1)).squeeze(-1)
+        loc, scale = _component(components, component)
         return Noise((value - loc) / scale, _posterior_gumbels(logits, component))
     if isinstance(fn, CoordinateMixture):
         base = _abduct_coordinates(fn.base, value)
@@ -114,9 +119,7 @@ def _predict_coordinates(fn, noise: Noise) -> torch.Tensor:
             gumbel = fresh  # a different set of components: the old choice says nothing
         else:
             gumbel = torch.where(torch.isnan(gumbel), fresh, gumbel)
-        component = (logits + gumbel).argmax(-1, keepdim=True)
-        loc = components.loc.gather(-1, component).squeeze(-1)
-        scale = components.scale.gather(-1, component).squeeze(-1)
+        loc, scale = _component(components, (logits + gumbel).argmax(-1))
         return loc + scale * noise.epsilon
     if isinstance(fn, CoordinateMixture):
         base = _predict_coordinates(fn.base, noise)
@@ -135,14 +138,12 @@ def abduct(fn, value: torch.Tensor) -> Noise:
     value : tensor
         A value of the site (e.g. a posterior sample of a cell's latents).
     """
-    inner, _ = _unwrap(fn)
-    return _abduct_coordinates(inner, value)
+    return _abduct_coordinates(_unwrap(fn), value)
 
 
 def predict(fn, noise: Noise) -> torch.Tensor:
     """Value of mechanism ``fn`` driven by exogenous ``noise`` (inverse of :func:`abduct`)."""
-    inner, _ = _unwrap(fn)
-    return _predict_coordinates(inner, noise)
+    return _predict_coordinates(_unwrap(fn), noise)
 
 
 class AbductionMessenger(Messenger):

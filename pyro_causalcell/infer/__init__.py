@@ -1,4 +1,5 @@
-"""Engines that work on any model following the model protocol: fit, latent, save / load."""
+"""Engines that work on any model following the model protocol: fit, latent, transfer,
+posteriors, counterfactuals, save / load."""
 
 from .counterfactual import counterfactual, intervention_tensor, interventional
 from .device import resolve_device
@@ -11,5 +12,5 @@ from .transfer import TransferResult, known_rows_unchanged, transfer
 
 __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known_rows_unchanged",
            "global_posterior", "counterfactual", "interventional", "intervention_tensor",
-           "evaluate_elbo", "resolve_device",
-           "TrainingHistory", "TrainingDivergedError", "ModelSchemaMismatchError"]
+           "evaluate_elbo", "resolve_device", "TrainingHistory", "TrainingDivergedError",
+           "ModelSchemaMismatchError"]

@@ -29,7 +29,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ..data import CellBatch, CellData
-from ..data.celldata import COMBINATION_SEPARATOR
+from ..data.schema import perturbation_atoms
 from ..handlers import AbductionMessenger, NoiseReplayMessenger
 from .fit import check_schema
 from .latent import model_device
@@ -56,10 +56,8 @@ def intervention_tensor(schema, site: str, value, n_cells: int,
         return value.to(device)
     if site == "perturbation":
         codes = torch.zeros(n_cells, schema.n_perturbations, device=device)
-        for atom in str(value).split(COMBINATION_SEPARATOR):
-            atom = atom.strip()
-            if atom and atom != schema.control:
-                codes[:, _category_index(site, atom, schema.perturbations)] = 1.0
+        for atom in perturbation_atoms(value, schema.control):
+            codes[:, _category_index(site, atom, schema.perturbations)] = 1.0
         return codes
     if site in COVARIATES:
         index = _category_index(site, str(value), getattr(schema, COVARIATES[site]))

@@ -15,7 +15,7 @@ import anndata as ad
 import torch
 
 from ..data import CellData
-from ..data.celldata import COMBINATION_SEPARATOR
+from ..data.schema import perturbation_atoms
 from .fit import fit
 from .history import TrainingHistory
 
@@ -35,13 +35,9 @@ def _unknown_perturbations(adata: ad.AnnData, schema) -> list[str]:
     if schema.perturbation_key not in adata.obs.columns:
         raise ValueError(f"adata.obs has no column {schema.perturbation_key!r} "
                          "(the model's perturbation_key)")
-    known = set(schema.perturbations) | {schema.control}
-    seen = []
-    for value in adata.obs[schema.perturbation_key].astype(str).unique():
-        for atom in (a.strip() for a in value.split(COMBINATION_SEPARATOR)):
-            if atom and atom not in known and atom not in seen:
-                seen.append(atom)
-    return sorted(seen)
+    known = set(schema.perturbations)
+    return sorted({atom for value in adata.obs[schema.perturbation_key].astype(str).unique()
+                   for atom in perturbation_atoms(value, schema.control) if atom not in known})
 
 
 def _check_protocol(model) -> None:
