@@ -8,9 +8,9 @@ from ._version import __version__
 from .data import CellBatch, CellData, CellSchema, DataValidationError
 from .infer import (TrainingHistory, counterfactual, fit, global_posterior, interventional, latent,
                     load, save, transfer)
-from .models import VAE, SparseShiftVAE, target_probabilities
+from .models import VAE, SparseShiftVAE, register_model, target_probabilities
 
 __all__ = ["__version__", "CellBatch", "CellData", "CellSchema", "DataValidationError",
            "TrainingHistory", "fit", "latent", "load", "save", "transfer", "global_posterior",
            "counterfactual", "interventional",
-           "VAE", "SparseShiftVAE", "target_probabilities"]
+           "VAE", "SparseShiftVAE", "target_probabilities", "register_model"]

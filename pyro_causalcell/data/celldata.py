@@ -11,13 +11,15 @@ import scipy.sparse as sp
 import torch
 
 from .batch import CellBatch
-from .schema import CellSchema, perturbation_atoms
+from .schema import COMBINATION_SEPARATOR, CellSchema, perturbation_atoms
 from .storage import DenseCounts, SparseCounts
 from .validation import (
     DataValidationError,
     NonIntegerCountsWarning,
     check_counts,
     check_known,
+    check_unique_genes,
+    cell_preview,
     obs_column,
 )
 
@@ -107,6 +109,7 @@ class CellData:
 
         matrix, where = _count_matrix(adata, keys["layer"])
         genes = [str(g) for g in adata.var_names]
+        check_unique_genes(genes)
         if schema is not None:
             matrix = _align_genes(matrix, genes, schema, where)
             genes = list(schema.genes)
@@ -147,7 +150,7 @@ class CellData:
             values = obs_column(obs, keys["perturbation_key"], "perturbation_key")
             perturbations = schema.perturbations if schema is not None else None
             fields["perturbation"], perturbations = _encode_perturbations(
-                values.to_numpy(), keys["perturbation_key"], keys["control"], perturbations)
+                values.to_numpy(), keys["perturbation_key"], keys["control"], perturbations, obs)
         elif keys["control"] is not None:
             raise DataValidationError("control=... was given without perturbation_key; pass the "
                                       "obs column holding perturbations as perturbation_key.")
@@ -296,8 +299,19 @@ def _align_genes(matrix, genes: list[str], schema: CellSchema, where: str):
 
 
 def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
-                          known: tuple[str, ...] | None):
-    atoms_of = {value: perturbation_atoms(value, control) for value in np.unique(values)}
+                          known: tuple[str, ...] | None, obs):
+    unique = np.unique(values)
+    malformed = [v for v in unique if v != control and not all(
+        atom.strip() for atom in str(v).split(COMBINATION_SEPARATOR))]
+    if malformed:
+        rows = np.isin(values, malformed)
+        raise DataValidationError(
+            f"adata.obs[{key!r}] (perturbation_key) has values with an empty perturbation name "
+            f"{malformed[:5]} in {cell_preview(obs, rows)}; they would be read as control "
+            f"cells. Name each perturbation ('A', or 'A{COMBINATION_SEPARATOR}B' for a "
+            f"combination), mark unperturbed cells with the control value ({control!r}), or drop "
+            "those cells.")
+    atoms_of = {value: perturbation_atoms(value, control) for value in unique}
     if known is None and control is not None and control not in atoms_of:
         raise DataValidationError(
             f"control={control!r} never occurs in adata.obs[{key!r}] (perturbation_key); values "

@@ -11,6 +11,11 @@ class DataValidationError(ValueError):
     """An AnnData cannot be encoded as given; the message says which field and how to fix it."""
 
 
+# text that stands for a missing value, typically left by ``obs[key].astype(str)`` on NaN / None
+MISSING_AS_TEXT = frozenset({"nan", "NaN", "NAN", "None", "<NA>", "NaT"})
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class NonIntegerCountsWarning(UserWarning):
     """Counts are not whole numbers (normalised or log-transformed data where raw counts belong)."""
 
@@ -47,6 +52,13 @@ def check_counts(matrix, where: str) -> bool:
             f"{where} has {(~finite).sum()} NaN or infinite entries; counts must be finite. "
             "Remove or fix those cells/genes, or pass the raw count layer with layer=..."
         )
+    too_large = np.abs(values) > FLOAT32_MAX
+    if too_large.any():
+        raise DataValidationError(
+            f"{where} has {too_large.sum()} entries above {FLOAT32_MAX:.3g}, the largest float32 "
+            "value; they would become infinite when stored as float32. Raw counts are never "
+            "this large: pass the raw UMI counts (e.g. layer='counts')."
+        )
     if values.size and values.min() < 0:
         raise DataValidationError(
             f"{where} has {(values < 0).sum()} negative entries; counts must be >= 0. "
@@ -55,8 +67,27 @@ def check_counts(matrix, where: str) -> bool:
     return bool(np.all(values == np.round(values)))
 
 
+def check_unique_genes(genes: list[str]) -> None:
+    """Reject repeated gene names: columns could not be matched to a fitted model's genes."""
+    seen: set[str] = set()
+    repeated = sorted({g for g in genes if g in seen or seen.add(g)})
+    if repeated:
+        raise DataValidationError(
+            f"adata.var_names has {len(repeated)} gene names that occur more than once (e.g. "
+            f"{repeated[:5]}); genes are matched by name, so repeats cannot be told apart. Make "
+            "them unique first: adata.var_names_make_unique(), or drop the repeated columns."
+        )
+
+
+def cell_preview(obs: pd.DataFrame, rows: np.ndarray, limit: int = 5) -> str:
+    """``"3 cells (e.g. ['c1', 'c7'])"`` for the boolean or integer ``rows`` of ``obs``."""
+    names = [str(n) for n in np.asarray(obs.index)[rows]]
+    return f"{len(names)} cells (e.g. {names[:limit]})"
+
+
 def obs_column(obs: pd.DataFrame, key: str, field: str) -> pd.Series:
-    """``obs[key]`` as strings, rejecting a missing column or missing values."""
+    """``obs[key]`` as strings, rejecting a missing column, missing values and their text forms
+    (``"nan"``, ``"None"``, ...)."""
     if key not in obs.columns:
         raise DataValidationError(
             f"{field}={key!r} is not a column of adata.obs (columns: {list(obs.columns)}). "
@@ -69,7 +100,16 @@ def obs_column(obs: pd.DataFrame, key: str, field: str) -> pd.Series:
             f"adata.obs[{key!r}] ({field}) has {int(missing.sum())} missing values. "
             "Fill them (e.g. with 'unknown') or drop those cells before building CellData."
         )
-    return column.astype(str)
+    text = column.astype(str)
+    missing_as_text = text.isin(MISSING_AS_TEXT).to_numpy()
+    if missing_as_text.any():
+        values = sorted(set(text[missing_as_text]))
+        raise DataValidationError(
+            f"adata.obs[{key!r}] ({field}) has the value(s) {values} in "
+            f"{cell_preview(obs, missing_as_text)}: missing values turned into text (e.g. by "
+            ".astype(str)). Fill them with a real category (e.g. 'unknown') or drop those cells."
+        )
+    return text
 
 
 def check_known(values: np.ndarray, known: tuple[str, ...], key: str, field: str) -> None:

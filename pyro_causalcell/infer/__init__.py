@@ -7,10 +7,10 @@ from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
 from .latent import latent
 from .posterior import global_posterior
-from .serialization import ModelSchemaMismatchError, load, save
+from .serialization import ModelFileError, ModelSchemaMismatchError, load, save
 from .transfer import TransferResult, known_rows_unchanged, transfer
 
 __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known_rows_unchanged",
            "global_posterior", "counterfactual", "interventional", "intervention_tensor",
            "evaluate_elbo", "resolve_device", "TrainingHistory", "TrainingDivergedError",
-           "ModelSchemaMismatchError"]
+           "ModelSchemaMismatchError", "ModelFileError"]

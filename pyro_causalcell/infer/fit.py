@@ -15,6 +15,7 @@ from ..data import CellData
 from ..handlers import scale_latents
 from .device import place_data, resolve_device
 from .history import TrainingHistory
+from .rng import seeded
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -90,16 +91,25 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
     return -total / n / n
 
 
-def _restore(model, optimizer, state) -> None:
-    model.load_state_dict(state[0])
-    optimizer.load_state_dict(state[1])
+def non_finite_parameters(model) -> list[str]:
+    """Names of the model's floating-point parameters and buffers holding NaN or inf."""
+    return [name for name, value in model.state_dict().items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
-def _diverged_message(value: float, epoch: int, where: str, lr: float) -> str:
+def _diverged(model, optimizer, last_good, history: TrainingHistory, start: float,
+              message: str) -> TrainingDivergedError:
+    """Restore the last good parameters and optimiser state; the error to raise."""
+    model.load_state_dict(last_good[0])
+    optimizer.load_state_dict(last_good[1])
+    history.seconds = time.perf_counter() - start
+    return TrainingDivergedError(message, history)
+
+
+def _diverged_message(what: str, epoch: int, where: str, lr: float) -> str:
     kept = f"the end of epoch {epoch - 1}" if epoch else "before this fit"
-    return (f"the loss became {value} at epoch {epoch}, {where}; the model holds its parameters "
-            f"from {kept}. Lower lr (now {lr}), use kl_warmup_epochs, or check the data for "
-            "extreme counts.")
+    return (f"{what} at epoch {epoch}, {where}; the model holds its parameters from {kept}. "
+            f"Lower lr (now {lr}), use kl_warmup_epochs, or check the data for extreme counts.")
 
 
 def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
@@ -167,72 +177,76 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
     check_schema(model, data)
 
     device = resolve_device(device)
-    pyro.set_rng_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model.to(device)
-    data = place_data(data, device)
-    copy_batches = data.device != device
-    train_index, validation_index = split_cells(data.n_cells, validation_fraction, generator)
-    if len(train_index) == 0:
-        raise ValueError(f"no cells left to train on ({data.n_cells} cells, "
-                         f"validation_fraction={validation_fraction})")
-    elbo = elbo or Trace_ELBO()
-    optimizer = make_adam(model.parameters(), lr, weight_decay, adam_eps)
-    history = TrainingHistory()
-    best = (-math.inf, None)
-    epochs_without_improvement = 0
-    start = time.perf_counter()
-    n_train = len(train_index)
-    bar = tqdm(range(max_epochs), disable=not progress, desc="fit", unit="epoch")
-    model.train(not eval_mode)
-    for epoch in bar:
-        weight = _kl_weight(epoch, kl_warmup_epochs)
-        model_fn, guide_fn = _weighted(model.model, weight), _weighted(model.guide, weight)
-        last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
-        total = 0.0
-        for step, batch in enumerate(data.batches(batch_size, train_index, shuffle=True,
-                                                  generator=generator)):
-            if copy_batches:
-                batch = batch.to(device)
-            # validate distributions and shapes on the very first step only: it is costly
-            with pyro.validation_enabled(epoch == 0 and step == 0):
-                loss = elbo.differentiable_loss(model_fn, guide_fn, batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                _restore(model, optimizer, last_good)
-                history.seconds = time.perf_counter() - start
-                raise TrainingDivergedError(_diverged_message(value, epoch, f"step {step}", lr),
-                                            history)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += value * len(batch)
-        history.train_elbo.append(-total / n_train / n_train)
-        history.kl_weight.append(weight)
-        postfix = {"elbo": f"{history.train_elbo[-1]:.4g}"}
-        if len(validation_index):
-            score = evaluate_elbo(model, data, validation_index, batch_size=max(batch_size, 1024),
-                                  elbo=elbo, device=device if copy_batches else None)
-            if not math.isfinite(score):
-                _restore(model, optimizer, last_good)
-                history.seconds = time.perf_counter() - start
-                raise TrainingDivergedError(
-                    _diverged_message(score, epoch, "validation", lr), history)
-            history.validation_elbo.append(score)
-            postfix["val"] = f"{score:.4g}"
-            if early_stopping:
-                if score > best[0]:
-                    best = (score, copy.deepcopy(model.state_dict()))
-                    history.best_epoch = epoch
-                    epochs_without_improvement = 0
-                else:
-                    epochs_without_improvement += 1
-        bar.set_postfix(postfix)
-        if early_stopping and epochs_without_improvement >= patience:
-            history.stopped_early = True
-            break
-    bar.close()
-    if early_stopping and best[1] is not None:
-        model.load_state_dict(best[1])
+    with seeded(seed, device):
+        generator = torch.Generator().manual_seed(seed)
+        model.to(device)
+        data = place_data(data, device)
+        copy_batches = data.device != device
+        train_index, validation_index = split_cells(data.n_cells, validation_fraction, generator)
+        if len(train_index) == 0:
+            raise ValueError(f"no cells left to train on ({data.n_cells} cells, "
+                             f"validation_fraction={validation_fraction})")
+        elbo = elbo or Trace_ELBO()
+        optimizer = make_adam(model.parameters(), lr, weight_decay, adam_eps)
+        history = TrainingHistory()
+        best = (-math.inf, None)
+        epochs_without_improvement = 0
+        start = time.perf_counter()
+        n_train = len(train_index)
+        bar = tqdm(range(max_epochs), disable=not progress, desc="fit", unit="epoch")
+        model.train(not eval_mode)
+        for epoch in bar:
+            weight = _kl_weight(epoch, kl_warmup_epochs)
+            model_fn, guide_fn = _weighted(model.model, weight), _weighted(model.guide, weight)
+            last_good = (copy.deepcopy(model.state_dict()),
+                         copy.deepcopy(optimizer.state_dict()))
+            total = 0.0
+            for step, batch in enumerate(data.batches(batch_size, train_index, shuffle=True,
+                                                      generator=generator)):
+                if copy_batches:
+                    batch = batch.to(device)
+                # validate distributions and shapes on the very first step only: it is costly
+                with pyro.validation_enabled(epoch == 0 and step == 0):
+                    loss = elbo.differentiable_loss(model_fn, guide_fn, batch)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise _diverged(model, optimizer, last_good, history, start,
+                                    _diverged_message(f"the loss became {value}", epoch,
+                                                      f"step {step}", lr))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += value * len(batch)
+            history.train_elbo.append(-total / n_train / n_train)
+            history.kl_weight.append(weight)
+            postfix = {"elbo": f"{history.train_elbo[-1]:.4g}"}
+            if len(validation_index):
+                score = evaluate_elbo(model, data, validation_index,
+                                      batch_size=max(batch_size, 1024), elbo=elbo,
+                                      device=device if copy_batches else None)
+                if not math.isfinite(score):
+                    raise _diverged(model, optimizer, last_good, history, start,
+                                    _diverged_message(f"the validation ELBO became {score}",
+                                                      epoch, "validation", lr))
+                history.validation_elbo.append(score)
+                postfix["val"] = f"{score:.4g}"
+                if early_stopping:
+                    if score > best[0]:
+                        best = (score, copy.deepcopy(model.state_dict()))
+                        history.best_epoch = epoch
+                        epochs_without_improvement = 0
+                    else:
+                        epochs_without_improvement += 1
+            bar.set_postfix(postfix)
+            if early_stopping and epochs_without_improvement >= patience:
+                history.stopped_early = True
+                break
+        bar.close()
+        broken = non_finite_parameters(model)  # the last step can break them unseen
+        if broken:
+            raise _diverged(model, optimizer, last_good, history, start, _diverged_message(
+                f"parameters {broken[:3]} became NaN or infinite", epoch, "last step", lr))
+        if early_stopping and best[1] is not None:
+            model.load_state_dict(best[1])
     history.seconds = time.perf_counter() - start
     return history

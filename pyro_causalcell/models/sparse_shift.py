@@ -41,10 +41,12 @@ from ..distributions import shift_mixture
 from ..handlers import StochasticInterventionMessenger
 from .components import append_rows, observe_perturbation
 from .vae import VAE
+from .registry import register_model
 
 SPARSITY = ("vae", "ivae", "svae", "svae+")
 
 
+@register_model
 class SparseShiftVAE(VAE):
     """VAE whose perturbations are sparse stochastic interventions on the latents.
 

@@ -15,8 +15,10 @@ from torch import nn
 from ..data import CellBatch, CellSchema
 from ..nn import CountDecoder, GaussianEncoder
 from .components import cells_plate, emit_counts, observe_domain, one_hot
+from .registry import register_model
 
 
+@register_model
 class VAE(nn.Module):
     r"""VAE with an isotropic Gaussian prior; ``beta > 1`` gives the beta-VAE.
 

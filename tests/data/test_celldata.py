@@ -511,3 +511,59 @@ def test_non_integer_counts_warn_but_build(adata):
 
 def test_validation_error_is_a_value_error():
     assert issubclass(DataValidationError, ValueError)
+
+
+# ---------------------------------------------------------------------- silent corruption refused
+def test_duplicated_gene_names_are_refused(adata):
+    adata.var_names = ["Gm5", "Actb", "Actb", "Xist", "Mki67", "Gm5"]
+    snap = snapshot(adata)
+    with raises("adata.var_names has 2 gene names that occur more than once (e.g. ['Actb', "
+                "'Gm5']); genes are matched by name, so repeats cannot be told apart. Make them "
+                "unique first: adata.var_names_make_unique()"):
+        CellData.from_anndata(adata)
+    assert_unchanged(adata, snap)
+
+
+def test_new_data_with_swapped_or_missing_duplicates_is_refused(adata, layout):
+    schema = CellData.from_anndata(adata).schema
+    swapped = adata.copy()
+    swapped.var_names = [*layout.genes[:-1], layout.genes[0]]  # a repeat in place of one gene
+    with raises("adata.var_names has 1 gene names that occur more than once (e.g. ['Gm5'])"):
+        CellData.from_anndata(swapped, schema=schema)
+    doubled = ad.concat([adata, adata[:, :2]], axis=1, merge="same")  # Gm5, Actb twice
+    with raises("occur more than once (e.g. ['Actb', 'Gm5'])"):
+        CellData.from_anndata(doubled, schema=schema)
+
+
+@pytest.mark.parametrize("value", ["", " ", "+", "KO_a+", "+KO_b", "KO_a++KO_b"])
+def test_empty_perturbation_names_are_refused_naming_the_cells(adata, all_keys, value):
+    column = adata.obs["perturbation"].to_numpy(dtype=object)
+    column[[1, 7]] = value
+    adata.obs["perturbation"] = column
+    with raises(f"adata.obs['perturbation'] (perturbation_key) has values with an empty "
+                f"perturbation name [{value!r}] in 2 cells (e.g. ['cell1', 'cell7']); they "
+                "would be read as control cells."):
+        CellData.from_anndata(adata, **all_keys)
+
+
+@pytest.mark.parametrize("field", ["perturbation", "domain", "label"])
+@pytest.mark.parametrize("text", ["nan", "None", "<NA>"])
+def test_missing_values_written_as_text_are_refused_naming_the_cells(adata, all_keys, field,
+                                                                      text):
+    column = adata.obs[field].to_numpy(dtype=object)
+    column[4] = text
+    adata.obs[field] = column
+    with raises(f"adata.obs[{field!r}] ({field}_key) has the value(s) [{text!r}] in 1 cells "
+                "(e.g. ['cell4']): missing values turned into text"):
+        CellData.from_anndata(adata, **all_keys)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_float64_counts_beyond_float32_are_refused(make_adata, sparse):
+    adata = make_adata()
+    adata.X = adata.X.astype(np.float64)
+    adata.X[2, 3] = 1e39
+    if sparse:
+        adata.X = sp.csr_matrix(adata.X)
+    with raises("adata.X has 1 entries above 3.4e+38, the largest float32 value"):
+        CellData.from_anndata(adata)

@@ -129,3 +129,29 @@ def test_fit_streams_batches_from_sparse_storage(sim_data):
     model = new_vae(sim_data.schema)
     history = fit(model, sim_data, max_epochs=2, progress=False, validation_fraction=0.0)
     assert history.validation_elbo == [] and np.isfinite(history.train_elbo).all()
+
+
+def test_a_last_step_that_breaks_the_parameters_is_caught(sim_data):
+    """With no validation cells, nothing evaluates the model after the last step but this check."""
+    model = new_vae(sim_data.schema)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model.decoder.net.layers[0].weight
+    weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    with pytest.raises(TrainingDivergedError, match=r"parameters \['decoder\.net\.layers\.0\."
+                       r"weight'\] became NaN or infinite at epoch 0, last step; the model "
+                       r"holds its parameters from before this fit"):
+        fit(model, sim_data, max_epochs=1, batch_size=sim_data.n_cells, validation_fraction=0.0,
+            progress=False, device="cpu")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_fit_leaves_the_global_random_generators_alone(sim_data):
+    import random
+
+    model = new_vae(sim_data.schema)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    fit(model, sim_data, max_epochs=1, seed=123, progress=False, device="cpu")
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected

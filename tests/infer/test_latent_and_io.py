@@ -10,6 +10,7 @@ import torch
 
 from pyro_causalcell import VAE, CellData, fit, latent, load, save
 from pyro_causalcell.infer import ModelSchemaMismatchError
+from pyro_causalcell.infer.serialization import checksum
 from pyro_causalcell.simulate import cell_types
 
 
@@ -29,7 +30,8 @@ def test_latent_returns_guide_means_in_data_order(fitted):
     assert z.shape == (data.n_cells, 4)
     loc, _ = model.encoder(data.batch([5]).counts, torch.eye(2)[data.domain[[5]]])
     np.testing.assert_allclose(z[5], loc[0].detach().numpy(), rtol=1e-5, atol=1e-6)
-    assert np.array_equal(z, latent(model, data))  # a mean, not a sample
+    # a mean, not a sample; other batch sizes change only the last bits of the matrix products
+    np.testing.assert_allclose(z, latent(model, data), rtol=1e-5, atol=1e-6)
 
 
 def test_latent_names_the_sites_when_the_site_is_missing(fitted):
@@ -46,7 +48,9 @@ def test_save_load_round_trip_gives_the_same_latents(fitted, tmp_path):
     assert type(restored) is VAE
     assert restored.init_args == model.init_args
     assert restored.schema == data.schema
-    np.testing.assert_array_equal(latent(restored, data), latent(model, data))
+    for name, value in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], value), name  # the very same numbers
+    np.testing.assert_allclose(latent(restored, data), latent(model, data), rtol=1e-5, atol=1e-6)
 
 
 def test_load_refuses_data_encoded_with_another_schema(fitted, tmp_path):
@@ -70,6 +74,7 @@ def test_load_warns_about_a_model_saved_by_another_version(fitted, tmp_path):
     path = save(model, tmp_path / "vae.pt")
     payload = torch.load(path, weights_only=True)
     payload["version"] = "0.0.1"
+    payload["checksum"] = checksum(payload)  # as that version would have written it
     torch.save(payload, path)
     with pytest.warns(UserWarning, match="saved by pyro_causalcell 0.0.1"):
         load(path, data)
