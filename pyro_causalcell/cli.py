@@ -10,15 +10,53 @@ from pathlib import Path
 
 import numpy as np
 
-from .infer.device import DeviceUnavailableError
+from ._version import __version__
+from .output_folder import OutputFolderError, output_folder
 
 MODELS = ("vae", "ivae", "svae", "svae+")
+
+
+class CommandLineError(ValueError):
+    """A command-line input that cannot be used; the message says which and how to fix it."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 DESCRIPTION = """\
 Causal and disentangled representation learning for single-cell counts.
 
   causalcell demo --out causalcell_demo
-      simulate cell types in two batches, fit a VAE, write figures, metrics and latents.
+      simulate a small CRISPR screen with known targets, fit sVAE+ and a VAE, write the
+      recovered targets, latents and a counterfactual checked against the simulator's own.
   causalcell fit --model vae DATA.h5ad --out results --domain-key batch
       fit a model to your raw counts (AnnData .h5ad) and write the same outputs.
   causalcell fit --model svae+ DATA.h5ad --out results --perturbation-key guide --control NT
@@ -26,38 +64,51 @@ Causal and disentangled representation learning for single-cell counts.
   causalcell benchmark sparse-shift --out bench
       the sVAE study's simulation benchmark (VAE, beta-VAE, iVAE, sVAE, sVAE+).
 
-Run `causalcell <command> --help` for every option.
+Run `causalcell <command> --help` for every option. An output folder must be new or empty;
+--overwrite replaces a previous run's folder. Outputs appear together when a run succeeds.
 """
 
 
 def _add_training_options(parser: argparse.ArgumentParser, max_epochs: int) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--max-epochs", type=int, default=max_epochs, help="default: %(default)s")
-    group.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate "
+    group.add_argument("--max-epochs", type=positive_int, default=max_epochs,
+                       help="default: %(default)s")
+    group.add_argument("--batch-size", type=positive_int, default=128,
+                       help="default: %(default)s")
+    group.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate "
                        "(default: %(default)s)")
-    group.add_argument("--kl-warmup-epochs", type=int, default=10,
+    group.add_argument("--kl-warmup-epochs", type=non_negative_int, default=10,
                        help="epochs over which the KL weight rises to 1 (default: %(default)s)")
-    group.add_argument("--validation-fraction", type=float, default=0.1,
-                       help="cells held out for the validation ELBO (default: %(default)s)")
-    group.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=False,
-                       help="stop when the validation ELBO stops improving; keep the best epoch")
-    group.add_argument("--patience", type=int, default=10, help="default: %(default)s")
+    _add_run_options(group)
+
+
+def _add_run_options(group) -> None:
     group.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     group.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the outputs of a previous run in --out")
+
+
+def _add_validation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("validation")
+    group.add_argument("--validation-fraction", type=fraction, default=0.1,
+                       help="cells held out for the validation ELBO (default: %(default)s)")
+    group.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=False,
+                       help="stop when the validation ELBO stops improving; keep the best epoch")
+    group.add_argument("--patience", type=positive_int, default=10, help="default: %(default)s")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--n-latent", type=int, default=10, help="default: %(default)s")
-    group.add_argument("--n-hidden", type=int, default=128, help="default: %(default)s")
-    group.add_argument("--n-layers", type=int, default=1, help="default: %(default)s")
-    group.add_argument("--beta", type=float, default=1.0,
+    group.add_argument("--n-latent", type=positive_int, default=10, help="default: %(default)s")
+    group.add_argument("--n-hidden", type=positive_int, default=128, help="default: %(default)s")
+    group.add_argument("--n-layers", type=positive_int, default=1, help="default: %(default)s")
+    group.add_argument("--beta", type=positive_float, default=1.0,
                        help="KL weight; > 1 gives a beta-VAE (default: %(default)s)")
     group.add_argument("--likelihood", choices=("nb", "zinb", "poisson"), default="nb",
                        help="count likelihood (default: %(default)s)")
-    group.add_argument("--sparsity-weight", type=float, default=50.0,
+    group.add_argument("--sparsity-weight", type=positive_float, default=50.0,
                        help="svae / svae+ only: lambda, the L0 penalty (svae) or the "
                             "Beta(1, lambda) prior on target probabilities (svae+) "
                             "(default: %(default)s)")
@@ -67,21 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="causalcell", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"causalcell (pyro_causalcell) {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{demo,fit,benchmark}")
-
-    demo = commands.add_parser(
-        "demo", help="fit a VAE to built-in simulated data and write a report",
-        description="Simulate cells of several types in two technical batches (ground truth "
-                    "known), fit a VAE that conditions on batch, and write elbo.png, latent.png, "
-                    "metrics.json (ELBO, recovery of the true latents), history.csv, model.pt "
-                    "and demo.h5ad (latents in obsm['X_vae']).")
-    demo.add_argument("--out", type=Path, default=Path("causalcell_demo"),
-                      help="output folder (default: %(default)s)")
-    demo.add_argument("--n-cells", type=int, default=5000, help="default: %(default)s")
-    demo.add_argument("--n-genes", type=int, default=300, help="default: %(default)s")
-    _add_model_options(demo)
-    _add_training_options(demo, max_epochs=100)
-    demo.set_defaults(n_latent=5, early_stopping=True)
+    _add_demo_parser(commands)
 
     fit = commands.add_parser(
         "fit", help="fit a model to an .h5ad file of raw counts",
@@ -103,8 +143,42 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: total counts)")
     _add_model_options(fit)
     _add_training_options(fit, max_epochs=100)
+    _add_validation_options(fit)
     _add_benchmark_parser(commands)
     return parser
+
+
+def _add_demo_parser(commands) -> None:
+    from .demo import DemoSettings
+
+    defaults = DemoSettings()
+    demo = commands.add_parser(
+        "demo", help="the causal story on built-in simulated data (about a minute)",
+        description="Simulate a small CRISPR screen in which each perturbation shifts a few "
+                    "latent variables (true targets known), fit sVAE+ and a VAE that ignores "
+                    "the perturbations, and write: targets.png (learned vs true targets), "
+                    "latent.png, counterfactual.png (control cells had they been perturbed, "
+                    "model vs the simulator's own counterfactual), elbo.png, metrics.json "
+                    "(latent MCC of both models, target F1 / AUROC, counterfactual agreement), "
+                    "target_probabilities.csv, history.csv, model.pt (sVAE+) and demo.h5ad "
+                    "(latents in obsm['X_svae_plus'] and obsm['X_vae']).")
+    demo.add_argument("--out", type=Path, default=Path("causalcell_demo"),
+                      help="output folder (default: %(default)s)")
+    design = demo.add_argument_group("simulated screen")
+    for name, kind in (("n_latent", positive_int), ("n_perturbations", positive_int),
+                       ("n_cells_per_perturbation", positive_int),
+                       ("n_control_cells", positive_int), ("n_genes", positive_int)):
+        design.add_argument("--" + name.replace("_", "-"), type=kind,
+                            default=getattr(defaults, name), help="default: %(default)s")
+    training = demo.add_argument_group("training")
+    for name, kind in (("max_epochs", positive_int), ("kl_warmup_epochs", non_negative_int),
+                       ("lr", positive_float), ("batch_size", positive_int),
+                       ("n_hidden", positive_int), ("sparsity_weight", positive_float)):
+        training.add_argument("--" + name.replace("_", "-"), type=kind,
+                              default=getattr(defaults, name), help="default: %(default)s")
+    training.add_argument("--vae", action=argparse.BooleanOptionalAction, default=True,
+                          help="also fit the VAE baseline (default: on)")
+    _add_run_options(training)
 
 
 def _add_benchmark_parser(commands) -> None:
@@ -125,19 +199,17 @@ def _add_benchmark_parser(commands) -> None:
                         help="output folder (default: %(default)s)")
     sparse.add_argument("--models", default=",".join(BENCHMARK_MODELS),
                         help="comma-separated subset of %(default)s")
-    sparse.add_argument("--max-epochs", type=int, default=300, help="default: %(default)s")
-    sparse.add_argument("--transfer-epochs", type=int, default=100, help="default: %(default)s")
-    sparse.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
-    sparse.add_argument("--lr", type=float, default=1e-2, help="default: %(default)s")
-    sparse.add_argument("--kl-warmup-epochs", type=int, default=50, help="default: %(default)s")
-    sparse.add_argument("--n-importance-samples", type=int, default=100,
+    sparse.add_argument("--max-epochs", type=positive_int, default=300, help="default: %(default)s")
+    sparse.add_argument("--transfer-epochs", type=positive_int, default=100, help="default: %(default)s")
+    sparse.add_argument("--batch-size", type=positive_int, default=128, help="default: %(default)s")
+    sparse.add_argument("--lr", type=positive_float, default=1e-2, help="default: %(default)s")
+    sparse.add_argument("--kl-warmup-epochs", type=non_negative_int, default=50, help="default: %(default)s")
+    sparse.add_argument("--n-importance-samples", type=positive_int, default=100,
                         help="importance samples per held-out cell (default: %(default)s)")
     sparse.add_argument("--quick", action="store_true",
                         help="a small simulation (6 latents, 20 perturbations x 100 cells) "
                              "that runs in about a minute, to check the set-up")
-    sparse.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    sparse.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    sparse.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(sparse)
 
 
 QUICK_SPARSE_SHIFT = dict(n_latent=6, n_perturbations=20, n_cells_per_perturbation=100,
@@ -155,15 +227,21 @@ def markdown_table(table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_benchmark(args) -> dict:
+def run_benchmark(args, out: Path) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .benchmarks.sparse_shift import MODELS as BENCHMARK_MODELS
     from .benchmarks.sparse_shift import SparseShiftBenchmark
     from .plotting import plot_targets
 
-    settings = dict(models=[m.strip() for m in args.models.split(",") if m.strip()],
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in BENCHMARK_MODELS]
+    if unknown or not models:
+        raise CommandLineError(f"--models: unknown models {unknown}; choose among "
+                               f"{','.join(BENCHMARK_MODELS)}")
+    settings = dict(models=models,
                     max_epochs=args.max_epochs, transfer_epochs=args.transfer_epochs,
                     batch_size=args.batch_size, lr=args.lr,
                     kl_warmup_epochs=args.kl_warmup_epochs,
@@ -173,12 +251,11 @@ def run_benchmark(args) -> dict:
         settings.update(QUICK_SPARSE_SHIFT)
     benchmark = SparseShiftBenchmark(**settings)
     table = benchmark.run(log=lambda line: print(line, file=sys.stderr, flush=True))
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "table.csv")
-    (args.out / "table.md").write_text(markdown_table(table))
-    (args.out / "settings.json").write_text(json.dumps(
+    table.to_csv(out / "table.csv")
+    (out / "table.md").write_text(markdown_table(table))
+    (out / "settings.json").write_text(json.dumps(
         {k: v for k, v in settings.items() if k != "progress"}, indent=2) + "\n")
-    np.savez_compressed(args.out / "fitted.npz", **{
+    np.savez_compressed(out / "fitted.npz", **{
         f"{name}__{key}": np.asarray(value) for name, fitted in benchmark.fitted.items()
         for key, value in (("latent", fitted["latent"]), ("targets", fitted["scores"]))})
     sparse = [name for name in table.index if name in ("sVAE", "sVAE+")]
@@ -187,24 +264,21 @@ def run_benchmark(args) -> dict:
         figure = plot_targets(fitted["scores"], benchmark.true_targets,
                               assignment=fitted["assignment"],
                               title=f"{sparse[-1]} target probability")
-        figure.savefig(args.out / "targets.png", dpi=120)
+        figure.savefig(out / "targets.png", dpi=120)
         plt.close(figure)
     return {"table": json.loads(table.to_json(orient="index"))}
 
 
-def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict,
-                    truth: np.ndarray | None = None) -> dict:
+def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pyro
 
-    from . import metrics
     from .infer import fit, latent, save
     from .models import VAE, SparseShiftVAE, target_probabilities
     from .plotting import plot_elbo, plot_latent
 
-    out.mkdir(parents=True, exist_ok=True)
     pyro.set_rng_seed(args.seed)  # the initial weights too: the same seed gives the same run
     sizes = dict(n_latent=args.n_latent, n_hidden=args.n_hidden, n_layers=args.n_layers,
                  beta=args.beta, likelihood=args.likelihood)
@@ -249,34 +323,45 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict,
         "best_epoch": history.best_epoch,
         "training_seconds": round(history.seconds, 2),
     }
-    if truth is not None:
-        report["mcc_pearson"] = metrics.mean_correlation_coefficient(truth, z, "pearson")
-        report["mcc_spearman"] = metrics.mean_correlation_coefficient(truth, z, "spearman")
-        report["linear_r2"] = metrics.linear_r2(truth, z)
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def run_demo(args) -> dict:
-    from .data import CellData
-    from .simulate import cell_types
+def run_demo(args, out: Path) -> dict:
+    from .demo import DemoSettings, run_demo as simulate_and_fit, write_demo
 
-    adata = cell_types(n_cells=args.n_cells, n_genes=args.n_genes, seed=args.seed)
-    data = CellData.from_anndata(adata, domain_key="batch")
-    args.output_name = "demo"
-    colors = {"cell type": adata.obs["cell_type"], "batch": adata.obs["batch"]}
-    return _fit_and_report(adata, data, args, args.out, "vae", colors,
-                           truth=adata.obsm["z_true"])
+    fields = DemoSettings.__dataclass_fields__
+    settings = DemoSettings(**{name: getattr(args, name) for name in fields
+                               if hasattr(args, name)},
+                            fit_vae=args.vae, progress=not args.quiet)
+    result = simulate_and_fit(settings)
+    write_demo(result, out)
+    return result.metrics
 
 
-def run_fit(args) -> dict:
+def read_h5ad(path: Path):
+    """The AnnData at ``path``; a :class:`CommandLineError` naming the file if it is not one."""
     import anndata as ad
 
+    if not path.exists():
+        raise CommandLineError(f"{path} does not exist; pass the path of an .h5ad file")
+    if path.is_dir():
+        raise CommandLineError(f"{path} is a directory; pass the path of an .h5ad file")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as error:  # h5py / anndata raise many types for a file that is not h5ad
+        raise CommandLineError(f"{path} cannot be read as an AnnData .h5ad file "
+                               f"({type(error).__name__}: {str(error)[:200]}); pass an .h5ad "
+                               "file written by anndata (adata.write_h5ad)") from error
+
+
+def run_fit(args, out: Path) -> dict:
     from .data import CellData
 
-    if not args.data.exists():
-        raise FileNotFoundError(f"{args.data} does not exist; pass the path of an .h5ad file")
-    adata = ad.read_h5ad(args.data)
+    if args.out.resolve() in args.data.resolve().parents:
+        raise CommandLineError(f"{args.data} lies inside --out {args.out}, which this run would "
+                               "replace; write the outputs to another folder")
+    adata = read_h5ad(args.data)
     data = CellData.from_anndata(
         adata, layer=args.layer, perturbation_key=args.perturbation_key, control=args.control,
         domain_key=args.domain_key, label_key=args.label_key, dose_key=args.dose_key,
@@ -284,24 +369,37 @@ def run_fit(args) -> dict:
     args.output_name = f"{args.data.stem}_{args.model}"
     colors = {key: adata.obs[key] for key in (args.label_key, args.domain_key,
                                               args.perturbation_key) if key}
-    return _fit_and_report(adata, data, args, args.out, args.model, colors)
+    return _fit_and_report(adata, data, args, out, args.model, colors)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input, not a bug: reported in one line with exit code 2."""
+    from .data import DataValidationError
+    from .infer import ModelFileError, TrainingDivergedError
+    from .infer.device import DeviceUnavailableError
+
+    return (CommandLineError, OutputFolderError, DataValidationError, DeviceUnavailableError,
+            TrainingDivergedError, ModelFileError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for bad input, with a one-line message)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 1
-    from .data import DataValidationError
     from .infer import resolve_device
 
     start = time.perf_counter()
+    run = {"demo": run_demo, "fit": run_fit, "benchmark": run_benchmark}[args.command]
+    provenance = {"command": ["causalcell", *(sys.argv[1:] if argv is None else argv)],
+                  "version": __version__}
     try:
         resolve_device(args.device)
-        run = {"demo": run_demo, "fit": run_fit, "benchmark": run_benchmark}[args.command]
-        report = run(args)
-    except (DataValidationError, DeviceUnavailableError, FileNotFoundError, ValueError) as error:
+        with output_folder(args.out, overwrite=args.overwrite, provenance=provenance) as staging:
+            report = run(args, staging)
+    except user_errors() as error:
         print(f"causalcell {args.command}: {error}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))

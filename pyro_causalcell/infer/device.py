@@ -15,10 +15,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceUnavailableError(f"device={device!r} is not a device torch knows; use "
+                                     "'auto', 'cpu' or 'cuda' (or 'cuda:1', ...).") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(f"device={str(device)!r} was requested but CUDA is not available; "
-                           "use device='cpu' or device='auto'.")
+        raise DeviceUnavailableError(f"device={str(device)!r} was requested but CUDA is not "
+                                     "available; use device='cpu' or device='auto'.")
     return device
 
 

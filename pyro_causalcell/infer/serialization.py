@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .._fs import current_umask
 from .._version import __version__
 from ..data import CellData, CellSchema
 from ..models.registry import class_path, registered_models, registered_name
@@ -86,18 +87,12 @@ def save(model, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _read(path: Path) -> dict:
