@@ -33,6 +33,7 @@ from ..data.schema import perturbation_atoms
 from ..handlers import AbductionMessenger, NoiseReplayMessenger
 from .fit import check_schema
 from .latent import model_device
+from .rng import seeded
 
 OUTPUTS = ("expression", "counts")
 COVARIATES = {"perturbation": "perturbations", "domain": "domains", "label": "labels"}
@@ -45,15 +46,60 @@ def _category_index(site: str, value: str, known: tuple[str, ...]) -> int:
     return known.index(value)
 
 
+def check_intervention_tensor(schema, site: str, value: torch.Tensor,
+                              n_cells: int) -> torch.Tensor:
+    """``value`` checked as ``do={site: value}`` for ``n_cells`` cells (one row per cell).
+
+    ``"perturbation"``: ``(n_cells, n_perturbations)`` of 0 / 1 (bool and integer tensors are
+    converted to float); ``"domain"`` / ``"label"``: ``(n_cells,)`` integer category indices;
+    ``"dose"``: ``(n_cells,)`` finite numbers; any other site: ``n_cells`` rows.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of rows or shape, wrong dtype, or values out of range; the message names
+        the site and what is expected.
+    """
+    name = f"do={{{site!r}: tensor}}"
+    if value.ndim == 0 or value.shape[0] != n_cells:
+        raise ValueError(f"{name} has shape {tuple(value.shape)}; it needs one row per cell "
+                         f"({n_cells} cells), in the order of the data")
+    if site == "perturbation":
+        expected = (n_cells, schema.n_perturbations)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {expected} "
+                             "(cells x the model's perturbations, multi-hot)")
+        value = value.float() if not value.is_floating_point() else value
+        if not bool(((value == 0) | (value == 1)).all()):
+            raise ValueError(f"{name} must hold 0 / 1 (multi-hot over "
+                             f"{list(schema.perturbations)[:5]}...); scale by dose with "
+                             "do={'dose': ...} instead")
+    elif site in COVARIATES:
+        n_categories = len(getattr(schema, COVARIATES[site]))
+        if value.ndim != 1 or value.is_floating_point() or value.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-D integer tensor of {site} indices, got shape "
+                             f"{tuple(value.shape)} and dtype {value.dtype}; or give a category "
+                             f"name, e.g. do={{{site!r}: <one of the model's {COVARIATES[site]}>}}")
+        if len(value) and (int(value.min()) < 0 or int(value.max()) >= n_categories):
+            raise ValueError(f"{name} holds indices outside [0, {n_categories - 1}], the model's "
+                             f"{n_categories} {COVARIATES[site]}")
+    elif site == "dose":
+        if value.ndim != 1 or not bool(torch.isfinite(value.float()).all()):
+            raise ValueError(f"{name} must be a 1-D tensor of finite doses, got shape "
+                             f"{tuple(value.shape)}")
+        value = value.float()
+    return value
+
+
 def intervention_tensor(schema, site: str, value, n_cells: int,
                         device: torch.device) -> torch.Tensor:
     """The value of covariate ``site`` for ``n_cells`` cells under ``do={site: value}``.
 
     ``value`` is a name (``"STAT1"``, ``"A+B"``, the control value, ``"batch2"``), a number for
-    ``"dose"``, or a tensor used as is.
+    ``"dose"``, or a tensor with one row per cell (see :func:`check_intervention_tensor`).
     """
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        return check_intervention_tensor(schema, site, value, n_cells).to(device)
     if site == "perturbation":
         codes = torch.zeros(n_cells, schema.n_perturbations, device=device)
         for atom in perturbation_atoms(value, schema.control):
@@ -135,6 +181,8 @@ def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: in
                          "do={'perturbation': 'STAT1'}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     data, obs = _as_data(model, data)
     indices = None
     if n_cells is not None:  # resample cells (library sizes, untouched covariates)
@@ -145,28 +193,28 @@ def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: in
         obs = obs.iloc[indices.numpy()].copy()
         obs.index = [f"{name}-{i}" for i, name in enumerate(obs.index)]
     device = model_device(model)
+    n_rows = data.n_cells if indices is None else len(indices)
     was_training = model.training
     model.eval()
     means, sds = [], []
     try:
-        with torch.no_grad(), torch.random.fork_rng(
-                devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            checked = False
+        with torch.no_grad(), seeded(seed, device):
+            _check_sites(model, next(data.batches(batch_size, indices)).to(device), do)
+            # every cell's value, checked once; each minibatch takes its rows
+            values = {site: intervention_tensor(model.schema, site, value, n_rows, device)
+                      for site, value in do.items()}
+            start = 0
             for batch in data.batches(batch_size, indices):
                 batch = batch.to(device)
-                if not checked:
-                    _check_sites(model, batch, do)
-                    checked = True
-                values = {site: intervention_tensor(model.schema, site, value, len(batch), device)
-                          for site, value in do.items()}
+                rows = {site: value[start:start + len(batch)] for site, value in values.items()}
+                start += len(batch)
                 draws = []
                 for _ in range(n_samples):
                     if abduction:
                         guide_trace, noise = _abduct(model, batch)
                     else:
                         guide_trace, noise = poutine.trace(model.guide).get_trace(batch), None
-                    draws.append(_predict(model, batch, values, guide_trace, noise, output))
+                    draws.append(_predict(model, batch, rows, guide_trace, noise, output))
                 draws = torch.stack(draws)
                 means.append(draws.mean(0).cpu())
                 sds.append(draws.std(0, unbiased=False).cpu())
@@ -239,4 +287,4 @@ def interventional(model, data: CellData | ad.AnnData, do: dict, *, n_cells: int
                   seed=seed, abduction=False, kind="interventional", n_cells=n_cells)
 
 
-__all__ = ["counterfactual", "interventional", "intervention_tensor"]
+__all__ = ["counterfactual", "interventional", "intervention_tensor", "check_intervention_tensor"]

@@ -14,6 +14,7 @@ from pyro.poutine.util import site_is_subsample
 from ..data import CellData
 from .fit import check_schema
 from .latent import model_device
+from .rng import seeded
 
 if TYPE_CHECKING:
     import arviz
@@ -104,8 +105,7 @@ def global_posterior(model, data: CellData, sites: Sequence[str] | None = None,
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed, device):
             traces = [poutine.trace(model.guide).get_trace(batch) for _ in range(n_samples)]
     finally:
         model.train(was_training)

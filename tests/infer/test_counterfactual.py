@@ -256,3 +256,85 @@ def test_interventional_resamples_n_cells(scm):
                   / np.sqrt(50))
     with pytest.raises(ValueError, match="n_cells must be >= 1"):
         interventional(model, adata, {"dose": 1.0}, n_cells=0)
+
+
+# ---------------------------------------------------------------------- per-cell do values
+def test_a_per_cell_tensor_is_split_across_minibatches(scm):
+    """One row per cell, with more cells than batch_size: each minibatch gets its own rows."""
+    model, data, adata = scm
+    doses = torch.tensor([3.0, -1.0, 0.5, 2.0])
+    small = counterfactual(model, adata, {"dose": doses}, n_samples=4000, batch_size=3, seed=1)
+    counts, t = torch.as_tensor(data.dense_counts()), data.dose
+    mean, sd = model.posterior(counts, t)
+    expected = (mean + A * (doses - t))[:, None] * B + doses[:, None] * C
+    tolerance = 5 * (sd * B.abs()).expand(4, 3) / np.sqrt(4000)
+    assert np.all(np.abs(small.X - expected.numpy()) < tolerance.numpy())
+
+
+@pytest.mark.parametrize("value, message", [
+    (torch.ones(3), r"do=\{'dose': tensor\} has shape \(3,\); it needs one row per cell "
+                    r"\(4 cells\), in the order of the data"),
+    (torch.ones(4, 2), r"do=\{'dose': tensor\} must be a 1-D tensor of finite doses, got shape "
+                       r"\(4, 2\)"),
+    (torch.tensor([1.0, float("nan"), 0.0, 0.0]), "must be a 1-D tensor of finite doses"),
+])
+def test_a_bad_dose_tensor_is_named(scm, value, message):
+    model, data, _ = scm
+    with pytest.raises(ValueError, match=message):
+        counterfactual(model, data, {"dose": value}, n_samples=1)
+
+
+def test_batch_size_must_be_positive(scm):
+    model, data, _ = scm
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        counterfactual(model, data, {"dose": 1.0}, n_samples=1, batch_size=0)
+
+
+@pytest.fixture(scope="module")
+def domain_model():
+    from pyro_causalcell.simulate import cell_types
+
+    adata = cell_types(n_cells=40, n_genes=20, n_cell_types=2, n_batches=2, seed=0)
+    data = CellData.from_anndata(adata, domain_key="batch")
+    torch.manual_seed(0)
+    return DomainOffsetVAE(data.schema), data
+
+
+@pytest.mark.parametrize("value, message", [
+    (torch.zeros(40), r"do=\{'domain': tensor\} must be a 1-D integer tensor of domain indices, "
+                      r"got shape \(40,\) and dtype torch\.float32"),
+    (torch.full((40,), 2), r"do=\{'domain': tensor\} holds indices outside \[0, 1\], the "
+                           "model's 2 domains"),
+    (torch.full((40,), -1), r"holds indices outside \[0, 1\]"),
+    (torch.zeros(39, dtype=torch.long), r"has shape \(39,\); it needs one row per cell "
+                                        r"\(40 cells\)"),
+])
+def test_a_bad_domain_tensor_is_named(domain_model, value, message):
+    model, data = domain_model
+    with pytest.raises(ValueError, match=message):
+        counterfactual(model, data, {"domain": value}, n_samples=1)
+
+
+def test_a_good_domain_tensor_matches_the_name(domain_model):
+    model, data = domain_model
+    by_name = counterfactual(model, data, {"domain": data.schema.domains[1]}, n_samples=2,
+                             batch_size=16)
+    by_index = counterfactual(model, data, {"domain": torch.ones(40, dtype=torch.long)},
+                              n_samples=2, batch_size=16)
+    np.testing.assert_allclose(by_index.X, by_name.X, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_perturbation_tensor_is_named(simulated_svae):
+    model, adata, _ = simulated_svae
+    cells = adata[:10].copy()
+    with pytest.raises(ValueError, match=r"do=\{'perturbation': tensor\} has shape \(10, 2\); "
+                                         r"expected \(10, 6\)"):
+        counterfactual(model, cells, {"perturbation": torch.ones(10, 2)}, n_samples=1)
+    with pytest.raises(ValueError, match="must hold 0 / 1"):
+        counterfactual(model, cells, {"perturbation": torch.full((10, 6), 0.5)}, n_samples=1)
+    ones = torch.zeros(10, 6, dtype=torch.long)
+    ones[:, 0] = 1
+    integer = counterfactual(model, cells, {"perturbation": ones}, n_samples=2)
+    named = counterfactual(model, cells, {"perturbation": model.schema.perturbations[0]},
+                           n_samples=2)
+    np.testing.assert_allclose(integer.X, named.X, rtol=1e-5, atol=1e-5)
