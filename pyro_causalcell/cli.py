@@ -164,18 +164,21 @@ def _add_demo_parser(commands) -> None:
                     "(latents in obsm['X_svae_plus'] and obsm['X_vae']).")
     demo.add_argument("--out", type=Path, default=Path("causalcell_demo"),
                       help="output folder (default: %(default)s)")
-    design = demo.add_argument_group("simulated screen")
-    for name, kind in (("n_latent", positive_int), ("n_perturbations", positive_int),
-                       ("n_cells_per_perturbation", positive_int),
-                       ("n_control_cells", positive_int), ("n_genes", positive_int)):
-        design.add_argument("--" + name.replace("_", "-"), type=kind,
-                            default=getattr(defaults, name), help="default: %(default)s")
-    training = demo.add_argument_group("training")
-    for name, kind in (("max_epochs", positive_int), ("kl_warmup_epochs", non_negative_int),
-                       ("lr", positive_float), ("batch_size", positive_int),
-                       ("n_hidden", positive_int), ("sparsity_weight", positive_float)):
-        training.add_argument("--" + name.replace("_", "-"), type=kind,
-                              default=getattr(defaults, name), help="default: %(default)s")
+    groups = {
+        "simulated screen": (("n_latent", positive_int), ("n_perturbations", positive_int),
+                             ("n_cells_per_perturbation", positive_int),
+                             ("n_control_cells", positive_int), ("n_genes", positive_int),
+                             ("max_targets", positive_int)),
+        "training": (("max_epochs", positive_int), ("kl_warmup_epochs", non_negative_int),
+                     ("lr", positive_float), ("batch_size", positive_int),
+                     ("n_hidden", positive_int), ("sparsity_weight", positive_float)),
+    }
+    for title, options in groups.items():
+        group = demo.add_argument_group(title)
+        for name, kind in options:  # --n-latent etc., defaults from DemoSettings
+            group.add_argument("--" + name.replace("_", "-"), type=kind,
+                               default=getattr(defaults, name), help="default: %(default)s")
+    training = group
     training.add_argument("--vae", action=argparse.BooleanOptionalAction, default=True,
                           help="also fit the VAE baseline (default: on)")
     _add_run_options(training)

@@ -1,7 +1,8 @@
 """Engines that work on any model following the model protocol: fit, latent, transfer,
 posteriors, counterfactuals, save / load."""
 
-from .counterfactual import counterfactual, intervention_tensor, interventional
+from .counterfactual import (check_intervention_tensor, counterfactual, intervention_tensor,
+                             interventional)
 from .device import resolve_device
 from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
@@ -12,5 +13,6 @@ from .transfer import TransferResult, known_rows_unchanged, transfer
 
 __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known_rows_unchanged",
            "global_posterior", "counterfactual", "interventional", "intervention_tensor",
+           "check_intervention_tensor",
            "evaluate_elbo", "resolve_device", "TrainingHistory", "TrainingDivergedError",
            "ModelSchemaMismatchError", "ModelFileError"]

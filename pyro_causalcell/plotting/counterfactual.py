@@ -90,3 +90,54 @@ def plot_counterfactual(observed, counterfactual, reference=None, *,
         figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def plot_fold_change_agreement(predicted: np.ndarray, truth: np.ndarray, *,
+                               genes: Sequence[str] | None = None, n_top: int = 20,
+                               labels: Sequence[str] = ("predicted", "true"),
+                               title: str | None = None) -> plt.Figure:
+    """A predicted per-gene response against the true one: a scatter, and the top genes.
+
+    Parameters
+    ----------
+    predicted, truth : (n_genes,) arrays
+        E.g. log fold changes of each gene's share of expression, counterfactual over factual,
+        from a model and from the simulator that made the data.
+    genes : sequence of str, optional
+        Gene names (default: indices).
+    n_top : int
+        Genes in the bar panel: the largest absolute true changes.
+
+    Returns
+    -------
+    matplotlib Figure
+        The scatter carries the identity line and the Pearson correlation in its title.
+    """
+    predicted = np.asarray(predicted, dtype=float).ravel()
+    truth = np.asarray(truth, dtype=float).ravel()
+    if predicted.shape != truth.shape:
+        raise ValueError(f"predicted and truth need one value per gene; got {predicted.shape} "
+                         f"and {truth.shape}")
+    genes = [str(i) for i in range(len(truth))] if genes is None else list(genes)
+    figure, (scatter, bars) = plt.subplots(1, 2, figsize=(11, max(3.8, 0.22 * n_top)))
+    scatter.scatter(truth, predicted, s=10, color="tab:orange")
+    limit = 1.05 * max(np.abs(truth).max(), np.abs(predicted).max(), 1e-12)
+    scatter.plot([-limit, limit], [-limit, limit], color="grey", lw=0.8)
+    scatter.set_xlim(-limit, limit)
+    scatter.set_ylim(-limit, limit)
+    scatter.set_xlabel(labels[1])
+    scatter.set_ylabel(labels[0])
+    scatter.set_title(f"every gene: r = {np.corrcoef(predicted, truth)[0, 1]:.3f}")
+
+    top = np.argsort(-np.abs(truth))[:n_top][::-1]
+    positions = np.arange(len(top))
+    bars.barh(positions, predicted[top], color="tab:orange", label=labels[0])
+    bars.scatter(truth[top], positions, color="black", s=12, zorder=3, label=labels[1])
+    bars.axvline(0.0, color="grey", lw=0.8)
+    bars.set_yticks(positions, [genes[i] for i in top], fontsize=8)
+    bars.set_title(f"top {len(top)} genes by true change")
+    bars.legend(loc="lower right", fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure

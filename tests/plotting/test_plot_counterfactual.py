@@ -43,3 +43,20 @@ def test_mismatched_genes_are_refused(cells):
         plot_counterfactual(observed, moved[:, :5])
     with pytest.raises(ValueError, match="counterfactual must be a \\(cells, genes\\) matrix"):
         plot_counterfactual(observed, moved[0])
+
+
+def test_fold_change_agreement_shows_every_gene_and_the_top_ones():
+    from pyro_causalcell.plotting import plot_fold_change_agreement
+
+    truth = np.linspace(-2.0, 3.0, 30)
+    predicted = 0.5 * truth
+    figure = plot_fold_change_agreement(predicted, truth, genes=[f"g{i}" for i in range(30)],
+                                        n_top=5, title="t")
+    scatter, bars = figure.axes
+    assert scatter.get_title() == "every gene: r = 1.000"
+    np.testing.assert_allclose(scatter.collections[0].get_offsets(),
+                               np.column_stack([truth, predicted]))
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["g25", "g26", "g27", "g28", "g29"]
+    matplotlib.pyplot.close(figure)
+    with pytest.raises(ValueError, match=r"one value per gene; got \(3,\) and \(4,\)"):
+        plot_fold_change_agreement(np.zeros(3), np.zeros(4))
