@@ -93,7 +93,7 @@ def test_demo_model_targets_and_anndata_agree(demo):
     for key in ("X_svae_plus", "X_vae"):
         assert result.obsm[key].shape == (220, 3) and np.isfinite(result.obsm[key]).all(), key
     expected = sparse_shift(n_latent=3, n_perturbations=4, n_cells_per_perturbation=40,
-                            n_genes=40, n_control_cells=60, seed=0)
+                            n_genes=40, n_control_cells=60, max_targets=2, seed=0)
     assert (result.X != expected.X).nnz == 0  # the simulated input is reproduced exactly
 
     model = load(out / "model.pt")

@@ -524,6 +524,7 @@ def test_duplicated_gene_names_are_refused(adata):
     assert_unchanged(adata, snap)
 
 
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")
 def test_new_data_with_swapped_or_missing_duplicates_is_refused(adata, layout):
     schema = CellData.from_anndata(adata).schema
     swapped = adata.copy()
