@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 from pyro_causalcell import CellData, SparseShiftVAE, fit, target_probabilities, transfer
-from pyro_causalcell.metrics import mean_importance_weighted_elbo
+from pyro_causalcell.infer import mean_importance_weighted_elbo
 
 DATA_FILE = "papalexi2021_eccite_thp1_sceptre.h5ad"
 REPO_ROOT = Path(__file__).resolve().parents[1]

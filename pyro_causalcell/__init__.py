@@ -4,13 +4,14 @@ Every method is a Pyro model/guide pair over one data layer (:mod:`pyro_causalce
 trained by one engine (:func:`fit`) and queried by shared engines (:func:`latent`).
 """
 
+from . import sites
 from ._version import __version__
 from .data import CellBatch, CellData, CellSchema, DataValidationError
 from .infer import (TrainingHistory, counterfactual, fit, global_posterior, interventional, latent,
                     load, save, transfer)
 from .models import VAE, SparseShiftVAE, register_model, target_probabilities
 
-__all__ = ["__version__", "CellBatch", "CellData", "CellSchema", "DataValidationError",
+__all__ = ["__version__", "sites", "CellBatch", "CellData", "CellSchema", "DataValidationError",
            "TrainingHistory", "fit", "latent", "load", "save", "transfer", "global_posterior",
            "counterfactual", "interventional",
            "VAE", "SparseShiftVAE", "target_probabilities", "register_model"]

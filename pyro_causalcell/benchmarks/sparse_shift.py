@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 
 from ..data import CellData
-from ..infer import fit, latent, transfer
-from ..metrics import (linear_r2, match_latents, mean_correlation_coefficient,
-                       mean_importance_weighted_elbo, target_auroc, target_precision_recall_f1)
+from ..infer import fit, latent, mean_importance_weighted_elbo, transfer
+from ..metrics import (linear_r2, match_latents, mean_correlation_coefficient, target_auroc,
+                       target_precision_recall_f1)
 from ..models import SparseShiftVAE, target_probabilities
 from ..simulate.sparse_shift import sparse_shift, split_perturbations
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -28,6 +28,8 @@ class CellBatch:
     dose : (batch,) float tensor or None
     domain : (batch,) long tensor or None
     label : (batch,) long tensor or None
+    covariates : dict of str -> (batch,) tensor
+        Named covariates (``schema.covariates``): long category indices or standardised floats.
     """
 
     counts: torch.Tensor
@@ -38,6 +40,7 @@ class CellBatch:
     dose: torch.Tensor | None = None
     domain: torch.Tensor | None = None
     label: torch.Tensor | None = None
+    covariates: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.counts.shape[0]
@@ -49,4 +52,5 @@ class CellBatch:
             for f in fields(self)
             if isinstance(getattr(self, f.name), torch.Tensor)
         }
+        moved["covariates"] = {k: v.to(device) for k, v in self.covariates.items()}
         return replace(self, **moved)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from .batch import CellBatch
+from .covariates import check_covariate_keys, encode_categories, encode_covariates
 from .schema import COMBINATION_SEPARATOR, CellSchema, perturbation_atoms
 from .storage import DenseCounts, SparseCounts
 from .validation import (
@@ -20,6 +21,7 @@ from .validation import (
     check_known,
     check_unique_genes,
     cell_preview,
+    numeric_column,
     obs_column,
 )
 
@@ -43,6 +45,9 @@ class CellData:
     dose : (n_cells,) float tensor or None
     domain, label : (n_cells,) long tensor or None
         Category indices into ``schema.domains`` / ``schema.labels``.
+    covariates : dict of str -> (n_cells,) tensor
+        Named covariates: long indices into ``schema.covariate(name).categories``, or floats
+        standardised with the schema's mean and standard deviation.
     """
 
     counts: DenseCounts | SparseCounts
@@ -53,6 +58,7 @@ class CellData:
     dose: torch.Tensor | None = None
     domain: torch.Tensor | None = None
     label: torch.Tensor | None = None
+    covariates: dict[str, torch.Tensor] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -67,6 +73,8 @@ class CellData:
         label_key: str | None = None,
         dose_key: str | None = None,
         library_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
         schema: CellSchema | None = None,
     ) -> "CellData":
         """Encode an AnnData of raw counts.
@@ -89,6 +97,11 @@ class CellData:
             Numeric ``obs`` column with each cell's dose.
         library_key : str, optional
             Numeric ``obs`` column with the library size (default: total counts of the cell).
+        categorical_covariate_keys, continuous_covariate_keys : sequence of str, optional
+            Further ``obs`` columns carried by name (donor, technology, a QC score ...), as in
+            scvi-tools: categories are encoded as indices, numbers are standardised with this
+            data's mean and standard deviation (kept in the schema). Each becomes an observed
+            sample site of that name in models that use covariates.
         schema : CellSchema, optional
             A fitted model's ``data.schema``: encode this AnnData exactly as that data was (same
             keys, gene order and category indices). Keys left as ``None`` are taken from it.
@@ -103,9 +116,12 @@ class CellData:
         """
         keys = dict(layer=layer, perturbation_key=perturbation_key, control=control,
                     domain_key=domain_key, label_key=label_key, dose_key=dose_key,
-                    library_key=library_key)
+                    library_key=library_key,
+                    categorical_covariate_keys=_key_tuple(categorical_covariate_keys),
+                    continuous_covariate_keys=_key_tuple(continuous_covariate_keys))
         if schema is not None:
             keys = _keys_from_schema(keys, schema)
+        check_covariate_keys(keys)
 
         matrix, where = _count_matrix(adata, keys["layer"])
         genes = [str(g) for g in adata.var_names]
@@ -161,17 +177,15 @@ class CellData:
                 categories[field] = ()
                 continue
             values = obs_column(obs, key, f"{field}_key").to_numpy()
-            known = getattr(schema, f"{field}s") if schema is not None else tuple(
-                sorted(set(values)))
-            check_known(values, known, key, f"{field}_key")
-            lookup = {c: i for i, c in enumerate(known)}
-            fields[field] = torch.as_tensor(np.array([lookup[v] for v in values]),
-                                            dtype=torch.long)
-            categories[field] = known
+            known = getattr(schema, f"{field}s") if schema is not None else None
+            fields[field], categories[field] = encode_categories(values, known, key,
+                                                                 f"{field}_key")
+        covariates, fields["covariates"] = encode_covariates(
+            obs, keys["categorical_covariate_keys"], keys["continuous_covariate_keys"], schema)
         if keys["dose_key"] is not None:
-            fields["dose"] = _numeric_column(obs, keys["dose_key"], "dose_key")
+            fields["dose"] = numeric_column(obs, keys["dose_key"], "dose_key")
         if keys["library_key"] is not None:
-            library = _numeric_column(obs, keys["library_key"], "library_key")
+            library = numeric_column(obs, keys["library_key"], "library_key")
             if (library <= 0).any():
                 raise DataValidationError(
                     f"adata.obs[{keys['library_key']!r}] (library_key) has values <= 0; library "
@@ -185,7 +199,7 @@ class CellData:
             perturbations=perturbations, domain_key=keys["domain_key"],
             domains=categories["domain"], label_key=keys["label_key"],
             labels=categories["label"], dose_key=keys["dose_key"],
-            library_key=keys["library_key"],
+            library_key=keys["library_key"], covariates=covariates,
         )
         if sp.issparse(matrix):
             counts = SparseCounts.from_scipy(matrix)
@@ -213,7 +227,8 @@ class CellData:
         return CellData(counts=self.counts.to(device), library=move(self.library),
                         schema=self.schema, obs_names=self.obs_names,
                         perturbation=move(self.perturbation), dose=move(self.dose),
-                        domain=move(self.domain), label=move(self.label))
+                        domain=move(self.domain), label=move(self.label),
+                        covariates={k: v.to(device) for k, v in self.covariates.items()})
 
     def batch(self, index: torch.Tensor | Sequence[int], n_cells: int | None = None) -> CellBatch:
         """The cells at positions ``index`` as a :class:`CellBatch`.
@@ -231,6 +246,7 @@ class CellData:
             n_cells=self.n_cells if n_cells is None else int(n_cells),
             perturbation=pick(self.perturbation), dose=pick(self.dose),
             domain=pick(self.domain), label=pick(self.label),
+            covariates={k: pick(v) for k, v in self.covariates.items()},
         )
 
     def batches(self, batch_size: int, indices: torch.Tensor | None = None, *,
@@ -256,6 +272,12 @@ class CellData:
 
 
 # ---------------------------------------------------------------------- helpers
+def _key_tuple(keys: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if keys is None:
+        return None
+    return (keys,) if isinstance(keys, str) else tuple(str(k) for k in keys)
+
+
 def _keys_from_schema(keys: dict, schema: CellSchema) -> dict:
     merged = {}
     for name, value in keys.items():
@@ -329,21 +351,3 @@ def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
         for atom in atoms:
             codes[rows, column[atom]] = 1.0
     return torch.as_tensor(codes), known
-
-
-def _numeric_column(obs, key: str, field: str) -> torch.Tensor:
-    if key not in obs.columns:
-        raise DataValidationError(
-            f"{field}={key!r} is not a column of adata.obs (columns: {list(obs.columns)}). "
-            f"Pass the name of an existing column as {field}.")
-    try:
-        values = obs[key].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataValidationError(
-            f"adata.obs[{key!r}] ({field}) must be numeric; convert it with "
-            f"pd.to_numeric(adata.obs[{key!r}]).") from None
-    if not np.isfinite(values).all():
-        raise DataValidationError(
-            f"adata.obs[{key!r}] ({field}) has {int((~np.isfinite(values)).sum())} NaN or "
-            "infinite values; fill or drop those cells.")
-    return torch.as_tensor(values, dtype=torch.float32)

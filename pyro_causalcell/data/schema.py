@@ -6,6 +6,36 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 COMBINATION_SEPARATOR = "+"
+CATEGORICAL, CONTINUOUS = "categorical", "continuous"
+
+
+@dataclass(frozen=True)
+class Covariate:
+    """One extra ``obs`` column carried by name (``categorical_covariate_keys`` /
+    ``continuous_covariate_keys`` of :meth:`CellData.from_anndata`).
+
+    Attributes
+    ----------
+    name : str
+        The ``obs`` column, also the name of the model's observed sample site.
+    kind : {"categorical", "continuous"}
+    categories : tuple of str
+        Category order (categorical): values are encoded as indices into it.
+    mean, std : float
+        Standardisation (continuous): values are encoded as ``(value - mean) / std``, with the
+        statistics of the data the schema was built from.
+    """
+
+    name: str
+    kind: str
+    categories: tuple[str, ...] = ()
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def n_features(self) -> int:
+        """Width of the covariate as a feature: categories (one-hot) or 1."""
+        return len(self.categories) if self.kind == CATEGORICAL else 1
 
 
 def perturbation_atoms(value: str, control: str | None) -> list[str]:
@@ -38,6 +68,8 @@ class CellSchema:
         Single perturbations; a cell's perturbation ``"A+B"`` is multi-hot over these.
     domains, labels : tuple of str
         Category orders of ``domain_key`` and ``label_key``.
+    covariates : tuple of Covariate
+        Extra categorical and continuous ``obs`` columns, by name.
     """
 
     genes: tuple[str, ...]
@@ -51,6 +83,7 @@ class CellSchema:
     labels: tuple[str, ...] = ()
     dose_key: str | None = None
     library_key: str | None = None
+    covariates: tuple[Covariate, ...] = ()
 
     @property
     def n_genes(self) -> int:
@@ -68,6 +101,28 @@ class CellSchema:
     def n_labels(self) -> int:
         return len(self.labels)
 
+    def covariate(self, name: str) -> Covariate:
+        """The covariate called ``name``.
+
+        Raises
+        ------
+        KeyError
+            No such covariate; the message lists the schema's covariates.
+        """
+        for covariate in self.covariates:
+            if covariate.name == name:
+                return covariate
+        raise KeyError(f"the schema has no covariate {name!r}; its covariates are "
+                       f"{[c.name for c in self.covariates]}")
+
+    @property
+    def categorical_covariate_keys(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.covariates if c.kind == CATEGORICAL)
+
+    @property
+    def continuous_covariate_keys(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.covariates if c.kind == CONTINUOUS)
+
     def __repr__(self) -> str:
         parts = [f"{self.n_genes} genes"]
         if self.layer:
@@ -82,6 +137,9 @@ class CellSchema:
         for key in ("dose_key", "library_key"):
             if getattr(self, key):
                 parts.append(f"{key}={getattr(self, key)!r}")
+        if self.covariates:
+            parts.append("covariates=" + ", ".join(f"{c.name!r} ({c.kind})"
+                                                   for c in self.covariates))
         return f"CellSchema({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +148,8 @@ class CellSchema:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        out["covariates"] = [{**c, "categories": list(c["categories"])}
+                             for c in out["covariates"]]
         return out
 
     @classmethod
@@ -99,7 +159,11 @@ class CellSchema:
         unknown = set(values) - names
         if unknown:
             raise ValueError(f"schema has unknown fields {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        values["covariates"] = tuple(
+            Covariate(**{**c, "categories": tuple(c.get("categories", ()))})
+            for c in values.get("covariates", ()))
+        return cls(**values)
 
     def with_perturbations(self, names) -> "CellSchema":
         """This schema with the perturbations ``names`` appended (for transfer to new ones).

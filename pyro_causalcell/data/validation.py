@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 
 class DataValidationError(ValueError):
@@ -125,3 +126,22 @@ def check_known(values: np.ndarray, known: tuple[str, ...], key: str, field: str
             + (" New perturbations can be added to a fitted model with "
                "pyro_causalcell.transfer(model, adata)." if field == "perturbation_key" else "")
         )
+
+
+def numeric_column(obs: pd.DataFrame, key: str, field: str) -> torch.Tensor:
+    """``obs[key]`` as a float tensor, rejecting a missing, non-numeric or non-finite column."""
+    if key not in obs.columns:
+        raise DataValidationError(
+            f"{field}={key!r} is not a column of adata.obs (columns: {list(obs.columns)}). "
+            f"Pass the name of an existing column as {field}.")
+    try:
+        values = obs[key].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataValidationError(
+            f"adata.obs[{key!r}] ({field}) must be numeric; convert it with "
+            f"pd.to_numeric(adata.obs[{key!r}]).") from None
+    if not np.isfinite(values).all():
+        raise DataValidationError(
+            f"adata.obs[{key!r}] ({field}) has {int((~np.isfinite(values)).sum())} NaN or "
+            "infinite values; fill or drop those cells.")
+    return torch.as_tensor(values, dtype=torch.float32)

@@ -7,6 +7,7 @@ from .device import resolve_device
 from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
 from .latent import latent
+from .likelihood import COVARIATE_SITES, importance_weighted_elbo, mean_importance_weighted_elbo
 from .posterior import global_posterior
 from .serialization import ModelFileError, ModelSchemaMismatchError, load, save
 from .transfer import TransferResult, known_rows_unchanged, transfer
@@ -15,4 +16,5 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "global_posterior", "counterfactual", "interventional", "intervention_tensor",
            "check_intervention_tensor",
            "evaluate_elbo", "resolve_device", "TrainingHistory", "TrainingDivergedError",
-           "ModelSchemaMismatchError", "ModelFileError"]
+           "ModelSchemaMismatchError", "ModelFileError",
+           "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES"]

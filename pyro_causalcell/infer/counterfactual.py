@@ -26,17 +26,18 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
+from .. import sites
 from ..data import CellBatch, CellData
-from ..data.schema import perturbation_atoms
+from ..data.schema import CATEGORICAL, CONTINUOUS, perturbation_atoms
 from ..handlers import AbductionMessenger, NoiseReplayMessenger
-from .fit import check_schema
-from .latent import model_device
-from .rng import seeded
+from .protocol import (check_schema, evaluation, model_device, per_cell_latent_sites,
+                       sample_sites, seeded)
 
-OUTPUTS = ("expression", "counts")
-COVARIATES = {"perturbation": "perturbations", "domain": "domains", "label": "labels"}
+OUTPUTS = sites.OUTPUTS
+#: categorical covariate site -> the schema attribute holding its categories
+COVARIATES = {sites.PERTURBATION: "perturbations", sites.DOMAIN: "domains",
+              sites.LABEL: "labels"}
 
 
 def _category_index(site: str, value: str, known: tuple[str, ...]) -> int:
@@ -46,13 +47,31 @@ def _category_index(site: str, value: str, known: tuple[str, ...]) -> int:
     return known.index(value)
 
 
+def _categories(schema, site: str) -> tuple[str, ...] | None:
+    """Categories of a categorical covariate site (domain, label or a named one), else None."""
+    if site in COVARIATES and site != sites.PERTURBATION:
+        return getattr(schema, COVARIATES[site])
+    named = {c.name: c for c in getattr(schema, "covariates", ())}
+    if site in named and named[site].kind == CATEGORICAL:
+        return named[site].categories
+    return None
+
+
+def _standardisation(schema, site: str):
+    """The named continuous covariate ``site`` (its mean and std), else None."""
+    named = {c.name: c for c in getattr(schema, "covariates", ())}
+    return named[site] if site in named and named[site].kind == CONTINUOUS else None
+
+
 def check_intervention_tensor(schema, site: str, value: torch.Tensor,
                               n_cells: int) -> torch.Tensor:
     """``value`` checked as ``do={site: value}`` for ``n_cells`` cells (one row per cell).
 
     ``"perturbation"``: ``(n_cells, n_perturbations)`` of 0 / 1 (bool and integer tensors are
-    converted to float); ``"domain"`` / ``"label"``: ``(n_cells,)`` integer category indices;
-    ``"dose"``: ``(n_cells,)`` finite numbers; any other site: ``n_cells`` rows.
+    converted to float); ``"domain"``, ``"label"`` and named categorical covariates:
+    ``(n_cells,)`` integer category indices; ``"dose"``: ``(n_cells,)`` finite numbers; named
+    continuous covariates: ``(n_cells,)`` finite values in the column's own units (standardised
+    here with the schema's mean and std); any other site: ``n_cells`` rows.
 
     Raises
     ------
@@ -64,7 +83,8 @@ def check_intervention_tensor(schema, site: str, value: torch.Tensor,
     if value.ndim == 0 or value.shape[0] != n_cells:
         raise ValueError(f"{name} has shape {tuple(value.shape)}; it needs one row per cell "
                          f"({n_cells} cells), in the order of the data")
-    if site == "perturbation":
+    categories, continuous = _categories(schema, site), _standardisation(schema, site)
+    if site == sites.PERTURBATION:
         expected = (n_cells, schema.n_perturbations)
         if tuple(value.shape) != expected:
             raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {expected} "
@@ -74,20 +94,21 @@ def check_intervention_tensor(schema, site: str, value: torch.Tensor,
             raise ValueError(f"{name} must hold 0 / 1 (multi-hot over "
                              f"{list(schema.perturbations)[:5]}...); scale by dose with "
                              "do={'dose': ...} instead")
-    elif site in COVARIATES:
-        n_categories = len(getattr(schema, COVARIATES[site]))
+    elif categories is not None:
         if value.ndim != 1 or value.is_floating_point() or value.dtype == torch.bool:
             raise ValueError(f"{name} must be a 1-D integer tensor of {site} indices, got shape "
                              f"{tuple(value.shape)} and dtype {value.dtype}; or give a category "
-                             f"name, e.g. do={{{site!r}: <one of the model's {COVARIATES[site]}>}}")
-        if len(value) and (int(value.min()) < 0 or int(value.max()) >= n_categories):
-            raise ValueError(f"{name} holds indices outside [0, {n_categories - 1}], the model's "
-                             f"{n_categories} {COVARIATES[site]}")
-    elif site == "dose":
+                             f"name, e.g. do={{{site!r}: {categories[0]!r}}}")
+        if len(value) and (int(value.min()) < 0 or int(value.max()) >= len(categories)):
+            raise ValueError(f"{name} holds indices outside [0, {len(categories) - 1}], the "
+                             f"model's {len(categories)} categories of {site!r}")
+    elif site == sites.DOSE or continuous is not None:
         if value.ndim != 1 or not bool(torch.isfinite(value.float()).all()):
-            raise ValueError(f"{name} must be a 1-D tensor of finite doses, got shape "
+            raise ValueError(f"{name} must be a 1-D tensor of finite values, got shape "
                              f"{tuple(value.shape)}")
         value = value.float()
+        if continuous is not None:
+            value = (value - continuous.mean) / continuous.std
     return value
 
 
@@ -95,30 +116,32 @@ def intervention_tensor(schema, site: str, value, n_cells: int,
                         device: torch.device) -> torch.Tensor:
     """The value of covariate ``site`` for ``n_cells`` cells under ``do={site: value}``.
 
-    ``value`` is a name (``"STAT1"``, ``"A+B"``, the control value, ``"batch2"``), a number for
-    ``"dose"``, or a tensor with one row per cell (see :func:`check_intervention_tensor`).
+    ``value`` is a name (``"STAT1"``, ``"A+B"``, the control value, ``"batch2"``, a category
+    of a named covariate), a number (``"dose"``, a named continuous covariate, in its own
+    units), or a tensor with one row per cell (see :func:`check_intervention_tensor`).
     """
     if isinstance(value, torch.Tensor):
         return check_intervention_tensor(schema, site, value, n_cells).to(device)
-    if site == "perturbation":
+    if site == sites.PERTURBATION:
         codes = torch.zeros(n_cells, schema.n_perturbations, device=device)
         for atom in perturbation_atoms(value, schema.control):
             codes[:, _category_index(site, atom, schema.perturbations)] = 1.0
         return codes
-    if site in COVARIATES:
-        index = _category_index(site, str(value), getattr(schema, COVARIATES[site]))
+    categories, continuous = _categories(schema, site), _standardisation(schema, site)
+    if categories is not None:
+        index = _category_index(site, str(value), categories)
         return torch.full((n_cells,), index, dtype=torch.long, device=device)
-    if site == "dose":
-        return torch.full((n_cells,), float(value), device=device)
-    raise ValueError(f"do={{{site!r}: ...}}: give a tensor for a site other than "
-                     f"{sorted([*COVARIATES, 'dose'])}")
+    if site == sites.DOSE or continuous is not None:
+        number = float(value)
+        if continuous is not None:
+            number = (number - continuous.mean) / continuous.std
+        return torch.full((n_cells,), number, device=device)
+    raise ValueError(f"do={{{site!r}: ...}}: give a tensor for a site other than the "
+                     f"model's covariates {sorted([*sites.COVARIATES, *_named(schema)])}")
 
 
-def _cell_latent_sites(trace) -> list[str]:
-    return [name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]
-            and not site_is_subsample(site)
-            and any(frame.name == "cells" for frame in site["cond_indep_stack"])]
+def _named(schema) -> list[str]:
+    return [c.name for c in getattr(schema, "covariates", ())]
 
 
 def _without(trace, names) -> poutine.Trace:
@@ -129,21 +152,19 @@ def _without(trace, names) -> poutine.Trace:
 
 
 def _check_sites(model, batch: CellBatch, do: dict) -> None:
-    trace = poutine.trace(model.model).get_trace(batch)
-    sites = [n for n, s in trace.nodes.items() if s["type"] == "sample"
-             and not site_is_subsample(s)]
-    missing = [name for name in do if name not in sites]
+    names = list(sample_sites(poutine.trace(model.model).get_trace(batch)))
+    missing = [name for name in do if name not in names]
     if missing:
         raise ValueError(f"do={{{missing[0]!r}: ...}}: the model has no sample site "
-                         f"{missing[0]!r}; its sample sites are {sites}")
+                         f"{missing[0]!r}; its sample sites are {names}")
 
 
 def _predict(model, batch: CellBatch, values: dict, guide_trace, noise, output: str):
     """One run of the intervened model with the guide's globals (and, if given, the noise)."""
-    cell_sites = _cell_latent_sites(guide_trace)
+    cell_sites = per_cell_latent_sites(guide_trace)
     program = poutine.replay(pyro.do(model.model, data=values),
                              trace=_without(guide_trace, cell_sites))
-    if output == "counts":
+    if output == sites.COUNTS:
         batch = replace(batch, counts=None)
     with NoiseReplayMessenger(noise or {}):
         trace = poutine.trace(program).get_trace(batch)
@@ -152,7 +173,7 @@ def _predict(model, batch: CellBatch, values: dict, guide_trace, noise, output: 
 
 def _abduct(model, batch: CellBatch):
     guide_trace = poutine.trace(model.guide).get_trace(batch)
-    abduction = AbductionMessenger(_cell_latent_sites(guide_trace))
+    abduction = AbductionMessenger(per_cell_latent_sites(guide_trace))
     with abduction:
         poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
     return guide_trace, abduction.noise
@@ -194,32 +215,27 @@ def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: in
         obs.index = [f"{name}-{i}" for i, name in enumerate(obs.index)]
     device = model_device(model)
     n_rows = data.n_cells if indices is None else len(indices)
-    was_training = model.training
-    model.eval()
     means, sds = [], []
-    try:
-        with torch.no_grad(), seeded(seed, device):
-            _check_sites(model, next(data.batches(batch_size, indices)).to(device), do)
-            # every cell's value, checked once; each minibatch takes its rows
-            values = {site: intervention_tensor(model.schema, site, value, n_rows, device)
-                      for site, value in do.items()}
-            start = 0
-            for batch in data.batches(batch_size, indices):
-                batch = batch.to(device)
-                rows = {site: value[start:start + len(batch)] for site, value in values.items()}
-                start += len(batch)
-                draws = []
-                for _ in range(n_samples):
-                    if abduction:
-                        guide_trace, noise = _abduct(model, batch)
-                    else:
-                        guide_trace, noise = poutine.trace(model.guide).get_trace(batch), None
-                    draws.append(_predict(model, batch, rows, guide_trace, noise, output))
-                draws = torch.stack(draws)
-                means.append(draws.mean(0).cpu())
-                sds.append(draws.std(0, unbiased=False).cpu())
-    finally:
-        model.train(was_training)
+    with evaluation(model), torch.no_grad(), seeded(seed, device):
+        _check_sites(model, next(data.batches(batch_size, indices)).to(device), do)
+        # every cell's value, checked once; each minibatch takes its rows
+        values = {site: intervention_tensor(model.schema, site, value, n_rows, device)
+                  for site, value in do.items()}
+        start = 0
+        for batch in data.batches(batch_size, indices):
+            batch = batch.to(device)
+            rows = {site: value[start:start + len(batch)] for site, value in values.items()}
+            start += len(batch)
+            draws = []
+            for _ in range(n_samples):
+                if abduction:
+                    guide_trace, noise = _abduct(model, batch)
+                else:
+                    guide_trace, noise = poutine.trace(model.guide).get_trace(batch), None
+                draws.append(_predict(model, batch, rows, guide_trace, noise, output))
+            draws = torch.stack(draws)
+            means.append(draws.mean(0).cpu())
+            sds.append(draws.std(0, unbiased=False).cpu())
     obs["intervention"] = f"do({_describe(do)})"
     result = ad.AnnData(X=torch.cat(means).numpy().astype(np.float32), obs=obs,
                         var=pd.DataFrame(index=list(model.schema.genes)))
@@ -230,7 +246,7 @@ def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: in
 
 
 def counterfactual(model, data: CellData | ad.AnnData, do: dict, *, n_samples: int = 20,
-                   output: str = "expression", batch_size: int = 512,
+                   output: str = sites.EXPRESSION, batch_size: int = 512,
                    seed: int = 0) -> ad.AnnData:
     """What the cells of ``data`` would look like under the intervention ``do``.
 
@@ -273,7 +289,7 @@ def counterfactual(model, data: CellData | ad.AnnData, do: dict, *, n_samples: i
 
 
 def interventional(model, data: CellData | ad.AnnData, do: dict, *, n_cells: int | None = None,
-                   n_samples: int = 1, output: str = "expression", batch_size: int = 512,
+                   n_samples: int = 1, output: str = sites.EXPRESSION, batch_size: int = 512,
                    seed: int = 0) -> ad.AnnData:
     """Cells drawn from the model under ``do``, without abduction (population level).
 

@@ -15,7 +15,7 @@ from ..data import CellData
 from ..handlers import scale_latents
 from .device import place_data, resolve_device
 from .history import TrainingHistory
-from .rng import seeded
+from .protocol import check_schema, evaluation, non_finite_parameters, seeded
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -30,17 +30,6 @@ class TrainingDivergedError(FloatingPointError):
     def __init__(self, message: str, history: TrainingHistory):
         super().__init__(message)
         self.history = history
-
-
-def check_schema(model, data: CellData) -> None:
-    """Raise if ``data`` was not encoded with the schema the model was built for."""
-    schema = getattr(model, "schema", None)
-    if schema is None or schema == data.schema:
-        return
-    diff = "; ".join(schema.differences(data.schema))
-    raise ValueError(
-        f"data was encoded differently from the data this model was built for ({diff}). Encode "
-        "it with the model's schema: CellData.from_anndata(adata, schema=model.schema)")
 
 
 def split_cells(n_cells: int, validation_fraction: float, generator: torch.Generator
@@ -78,23 +67,14 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
     and the batches are averaged with weights proportional to their size.
     """
     elbo = elbo or Trace_ELBO()
-    was_training = model.training
-    model.eval()
     total = 0.0
-    with torch.no_grad(), pyro.validation_enabled(False):
+    with evaluation(model), torch.no_grad(), pyro.validation_enabled(False):
         for batch in data.batches(batch_size, index):
             if device is not None:
                 batch = batch.to(device)
             total += elbo.differentiable_loss(model.model, model.guide, batch).item() * len(batch)
-    model.train(was_training)
     n = len(index)
     return -total / n / n
-
-
-def non_finite_parameters(model) -> list[str]:
-    """Names of the model's floating-point parameters and buffers holding NaN or inf."""
-    return [name for name, value in model.state_dict().items()
-            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
 def _diverged(model, optimizer, last_good, history: TrainingHistory, start: float,

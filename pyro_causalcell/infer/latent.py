@@ -5,20 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
+from .. import sites
 from ..data import CellData
-from .fit import check_schema
-
-
-def model_device(model) -> torch.device:
-    """Device of the model's first parameter (CPU for a model without parameters)."""
-    parameter = next(model.parameters(), None)
-    return torch.device("cpu") if parameter is None else parameter.device
+from .protocol import check_schema, evaluation, model_device, sample_sites
 
 
 @torch.no_grad()
-def latent(model, data: CellData, site: str = "z", *, batch_size: int = 1024,
+def latent(model, data: CellData, site: str = sites.Z, *, batch_size: int = 1024,
            n_samples: int = 100) -> np.ndarray:
     """Posterior mean of a per-cell latent site under the guide.
 
@@ -39,24 +33,18 @@ def latent(model, data: CellData, site: str = "z", *, batch_size: int = 1024,
     """
     check_schema(model, data)
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     chunks = []
-    try:
+    with evaluation(model):
         for batch in data.batches(batch_size):
             batch = batch.to(device)
             trace = poutine.trace(model.guide).get_trace(batch)
-            if site not in trace.nodes or trace.nodes[site]["type"] != "sample":
-                sites = [n for n, s in trace.nodes.items()
-                         if s["type"] == "sample" and not site_is_subsample(s)]
+            if site not in sample_sites(trace):
                 raise KeyError(f"the guide has no sample site {site!r}; its sample sites are "
-                               f"{sites}")
+                               f"{list(sample_sites(trace))}")
             fn = trace.nodes[site]["fn"]
             try:
                 mean = fn.mean
             except NotImplementedError:
                 mean = fn.sample((n_samples,)).mean(0)
             chunks.append(mean.expand(fn.batch_shape + fn.event_shape))
-    finally:
-        model.train(was_training)
     return torch.cat(chunks).cpu().numpy()

@@ -9,27 +9,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
+from .. import sites
 from ..data import CellData
-from .fit import check_schema
-from .latent import model_device
-from .rng import seeded
+from .protocol import check_schema, evaluation, global_latent_sites, model_device, seeded
 
 if TYPE_CHECKING:
     import arviz
 
 # plate name -> (dimension name, schema attribute holding its coordinates)
-PLATE_DIMS = {"perturbations": ("perturbation", "perturbations"),
-              "domains": ("domain", "domains")}
-
-
-def _global_sites(trace) -> list[str]:
-    """Names of the trace's latent sample sites outside the ``"cells"`` plate."""
-    return [name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]
-            and not site_is_subsample(site)
-            and all(frame.name != "cells" for frame in site["cond_indep_stack"])]
+PLATE_DIMS = {sites.PERTURBATIONS: (sites.PERTURBATION, "perturbations"),
+              sites.DOMAINS: (sites.DOMAIN, "domains")}
 
 
 def _dims(model, name: str, site: dict) -> tuple[list[str], dict[str, list]]:
@@ -102,15 +92,10 @@ def global_posterior(model, data: CellData, sites: Sequence[str] | None = None,
     check_schema(model, data)
     device = model_device(model)
     batch = data.batch(torch.arange(1)).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with seeded(seed, device):
-            traces = [poutine.trace(model.guide).get_trace(batch) for _ in range(n_samples)]
-    finally:
-        model.train(was_training)
+    with evaluation(model), seeded(seed, device):
+        traces = [poutine.trace(model.guide).get_trace(batch) for _ in range(n_samples)]
 
-    available = _global_sites(traces[0])
+    available = global_latent_sites(traces[0])
     if not available:
         raise ValueError(f"{type(model).__name__} has no global sites: every sample site of its "
                          "guide is inside the 'cells' plate (see latent() for per-cell sites)")

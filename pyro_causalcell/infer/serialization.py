@@ -20,7 +20,7 @@ from .._fs import current_umask
 from .._version import __version__
 from ..data import CellData, CellSchema
 from ..models.registry import class_path, registered_models, registered_name
-from .fit import non_finite_parameters
+from .protocol import non_finite_parameters
 
 FORMAT = 2
 _REQUIRED = ("format", "class", "init_args", "schema", "state_dict")

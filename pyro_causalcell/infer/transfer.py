@@ -2,7 +2,7 @@
 
 The sVAE study's protocol: keep the networks and every known perturbation's parameters fixed,
 add the new perturbations, learn only their parameters on their cells, then score those cells
-(e.g. by :func:`~pyro_causalcell.metrics.importance_weighted_elbo`).
+(e.g. by :func:`~pyro_causalcell.infer.importance_weighted_elbo`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Scores of learned models against ground truth: identifiability, targets, likelihood,
-clustering, independence, integration and response prediction."""
+"""Scores of learned models against ground truth: identifiability, targets, clustering,
+independence, integration and response prediction. Pure NumPy / SciPy: nothing here runs a
+model (the importance-weighted ELBO, which does, is in :mod:`pyro_causalcell.infer`)."""
 
 from .clustering import (ClusterAgreement, adjusted_rand_index, cluster_agreement, kmeans,
                          normalized_mutual_information)
@@ -7,7 +8,6 @@ from .identifiability import correlation_matrix, linear_r2, mean_correlation_coe
 from .independence import (IndependenceTest, conditional_independence_test, gaussian_kernel,
                            hsic, hsic_test, kernel_ridge_residuals, median_bandwidth)
 from .integration import batch_mixing, label_silhouette, silhouette_samples
-from .likelihood import COVARIATE_SITES, importance_weighted_elbo, mean_importance_weighted_elbo
 from .response import ResponseR2, energy_distance, mean_expression_r2, response_r2, top_de_genes
 from .targets import (PrecisionRecallF1, match_latents, permute_targets, target_auroc,
                       target_average_precision, target_precision_recall_f1)
@@ -16,7 +16,6 @@ __all__ = [
     "correlation_matrix", "linear_r2", "mean_correlation_coefficient",
     "match_latents", "permute_targets", "target_precision_recall_f1", "target_auroc",
     "target_average_precision", "PrecisionRecallF1",
-    "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
     "normalized_mutual_information", "adjusted_rand_index", "kmeans", "cluster_agreement",
     "ClusterAgreement",
     "hsic", "hsic_test", "conditional_independence_test", "gaussian_kernel", "median_bandwidth",

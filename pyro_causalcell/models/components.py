@@ -13,13 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import CellBatch
+from .. import sites
+from ..data import CellBatch, CellSchema
+from ..data.schema import CATEGORICAL
 from ..nn import CountDecoder
 
 
 def cells_plate(batch: CellBatch) -> pyro.plate:
     """``pyro.plate("cells", batch.n_cells, subsample=batch.index)``: per-cell sites go inside."""
-    return pyro.plate("cells", batch.n_cells, subsample=batch.index)
+    return pyro.plate(sites.CELLS, batch.n_cells, subsample=batch.index)
 
 
 def observe_domain(batch: CellBatch, n_domains: int) -> torch.Tensor:
@@ -33,7 +35,7 @@ def observe_domain(batch: CellBatch, n_domains: int) -> torch.Tensor:
     (batch,) long tensor
     """
     logits = batch.library.new_zeros(n_domains)
-    return pyro.sample("domain", dist.Categorical(logits=logits), obs=batch.domain)
+    return pyro.sample(sites.DOMAIN, dist.Categorical(logits=logits), obs=batch.domain)
 
 
 def observe_perturbation(batch: CellBatch) -> torch.Tensor:
@@ -48,7 +50,40 @@ def observe_perturbation(batch: CellBatch) -> torch.Tensor:
         The (possibly intervened) multi-hot perturbations.
     """
     probs = batch.perturbation.new_full((batch.perturbation.shape[-1],), 0.5)
-    return pyro.sample("perturbation", dist.Bernoulli(probs).to_event(1), obs=batch.perturbation)
+    return pyro.sample(sites.PERTURBATION, dist.Bernoulli(probs).to_event(1),
+                       obs=batch.perturbation)
+
+
+def observe_covariates(batch: CellBatch, schema: CellSchema) -> dict[str, torch.Tensor]:
+    """One observed sample site per named covariate (``schema.covariates``), by its name.
+
+    Categorical covariates have a uniform ``Categorical`` prior, continuous (standardised)
+    ones a ``Normal(0, 1)`` prior; both are constants that only make the site exist, so that
+    ``pyro.do(model, {"donor": ...})`` reaches everything downstream.
+
+    Returns
+    -------
+    dict of str -> (batch,) tensor
+        The (possibly intervened) values; use these, not ``batch.covariates``, downstream.
+    """
+    values = {}
+    for covariate in schema.covariates:
+        observed = batch.covariates[covariate.name]
+        if covariate.kind == CATEGORICAL:
+            prior = dist.Categorical(logits=batch.library.new_zeros(covariate.n_features))
+        else:
+            prior = dist.Normal(batch.library.new_zeros(()), 1.0)
+        values[covariate.name] = pyro.sample(covariate.name, prior, obs=observed)
+    return values
+
+
+def covariate_features(values: dict[str, torch.Tensor], schema: CellSchema) -> torch.Tensor | None:
+    """The covariates as one ``(batch, sum of n_features)`` float matrix (one-hot categories,
+    standardised numbers), in the schema's order; ``None`` without covariates."""
+    columns = [one_hot(values[c.name], c.n_features) if c.kind == CATEGORICAL
+               else values[c.name].unsqueeze(-1).to(torch.get_default_dtype())
+               for c in schema.covariates]
+    return torch.cat(columns, -1) if columns else None
 
 
 def one_hot(index: torch.Tensor, n_categories: int) -> torch.Tensor:
@@ -80,8 +115,8 @@ def emit_counts(decoder: CountDecoder, z: torch.Tensor, batch: CellBatch,
         The expected expression.
     """
     decoded = decoder(z, batch.library, covariates)
-    expression = pyro.deterministic("expression", decoded["mean"], event_dim=1)
-    pyro.sample("counts", decoder.distribution(decoded, domain), obs=batch.counts)
+    expression = pyro.deterministic(sites.EXPRESSION, decoded["mean"], event_dim=1)
+    pyro.sample(sites.COUNTS, decoder.distribution(decoded, domain), obs=batch.counts)
     return expression
 
 

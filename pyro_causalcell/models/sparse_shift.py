@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import sites
 from ..data import CellBatch, CellSchema
 from ..distributions import shift_mixture
 from ..handlers import StochasticInterventionMessenger
@@ -54,7 +55,8 @@ class SparseShiftVAE(VAE):
     ----------
     schema : CellSchema
         Must have perturbations (``perturbation_key``) unless ``sparsity="vae"``.
-    n_latent, n_hidden, n_layers, beta, likelihood, dispersion, use_domain, dropout, norm
+    n_latent, n_hidden, n_layers, beta, likelihood, dispersion, use_domain, dropout, norm,
+    use_covariates
         As in :class:`~pyro_causalcell.models.VAE`; the defaults (two hidden layers of 128,
         batch norm, dropout 0.1) are the study's, and batch norm recovered the simulated
         latents markedly better than layer norm or none in our runs.
@@ -78,7 +80,7 @@ class SparseShiftVAE(VAE):
                  n_layers: int = 2, sparsity: str = "svae+", sparsity_weight: float = 50.0,
                  shift_prior_scale: float = 10.0, beta: float = 1.0, likelihood: str = "nb",
                  dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.1,
-                 norm: str | None = "batch"):
+                 norm: str | None = "batch", use_covariates: bool = True):
         if sparsity not in SPARSITY:
             raise ValueError(f"sparsity={sparsity!r}; choose one of {SPARSITY}")
         if sparsity != "vae" and schema.n_perturbations == 0:
@@ -89,7 +91,8 @@ class SparseShiftVAE(VAE):
                              f"shift_prior_scale > 0 (got {shift_prior_scale})")
         super().__init__(schema, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
                          beta=beta, likelihood=likelihood, dispersion=dispersion,
-                         use_domain=use_domain, dropout=dropout, norm=norm)
+                         use_domain=use_domain, dropout=dropout, norm=norm,
+                         use_covariates=use_covariates)
         self.init_args.update(sparsity=sparsity, sparsity_weight=sparsity_weight,
                               shift_prior_scale=shift_prior_scale)
         self.sparsity = sparsity
@@ -144,7 +147,7 @@ class SparseShiftVAE(VAE):
         if self.sparsity == "vae":
             return {}
         zeros = self.shift_loc.new_zeros(self.n_latent)
-        with pyro.plate("perturbations", self.schema.n_perturbations):
+        with pyro.plate(sites.PERTURBATIONS, self.schema.n_perturbations):
             shift = pyro.sample("shift", dist.Normal(zeros, self.shift_prior_scale).to_event(1))
             if not self.has_targets:
                 return {"shift": shift, "probability": torch.ones_like(shift)}
@@ -159,7 +162,7 @@ class SparseShiftVAE(VAE):
     def guide_globals(self, batch: CellBatch) -> None:
         if self.sparsity == "vae":
             return
-        with pyro.plate("perturbations", self.schema.n_perturbations):
+        with pyro.plate(sites.PERTURBATIONS, self.schema.n_perturbations):
             scale = F.softplus(self.shift_raw_scale) + 1e-4
             pyro.sample("shift", dist.Normal(self.shift_loc, scale).to_event(1))
             if self.has_targets:
@@ -176,7 +179,7 @@ class SparseShiftVAE(VAE):
         else:
             mechanism = dist.Normal(perturbation @ shift, 1.0).to_event(1)
         perturbed = (perturbation.sum(-1, keepdim=True) > 0).to(shift.dtype)  # (cells, 1)
-        return StochasticInterventionMessenger("z", mechanism, perturbed)
+        return StochasticInterventionMessenger(sites.Z, mechanism, perturbed)
 
 
 def target_probabilities(model: SparseShiftVAE) -> pd.DataFrame:

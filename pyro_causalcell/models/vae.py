@@ -12,9 +12,11 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .. import sites
 from ..data import CellBatch, CellSchema
 from ..nn import CountDecoder, GaussianEncoder
-from .components import cells_plate, emit_counts, observe_domain, one_hot
+from .components import (cells_plate, covariate_features, emit_counts, observe_covariates,
+                         observe_domain, one_hot)
 from .registry import register_model
 
 
@@ -46,31 +48,39 @@ class VAE(nn.Module):
     use_domain : bool
         Give the one-hot domain to encoder and decoder (when the schema has domains), so the
         latent space need not encode batch.
+    use_covariates : bool
+        Give the named covariates (``schema.covariates``: one-hot categories, standardised
+        numbers) to encoder and decoder, as scvi-tools does with its covariate keys.
     dropout : float
     norm : {None, "layer", "batch"}
         Normalisation of the hidden layers of encoder and decoder.
 
     Notes
     -----
-    Sites: ``"domain"`` (observed, if the schema has domains), ``"z"`` (latent, ``(cells, n_latent)``),
+    Sites: ``"domain"`` (observed, if the schema has domains), one observed site per named
+    covariate (if ``use_covariates``), ``"z"`` (latent, ``(cells, n_latent)``),
     ``"expression"`` (deterministic), ``"counts"`` (observed).
     """
 
     def __init__(self, schema: CellSchema, n_latent: int = 10, n_hidden: int = 128,
                  n_layers: int = 1, beta: float = 1.0, likelihood: str = "nb",
                  dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.0,
-                 norm: str | None = None):
+                 norm: str | None = None, use_covariates: bool = True):
         super().__init__()
         if not (math.isfinite(beta) and beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {beta}")
         self.init_args = dict(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, beta=beta,
                               likelihood=likelihood, dispersion=dispersion,
-                              use_domain=use_domain, dropout=dropout, norm=norm)
+                              use_domain=use_domain, dropout=dropout, norm=norm,
+                              use_covariates=use_covariates)
         self.schema = schema
         self.n_latent = n_latent
         self.beta = beta
         self.n_domains = schema.n_domains
-        self.n_covariates = self.n_domains if use_domain else 0
+        self.use_domain = use_domain and self.n_domains > 0
+        self.use_covariates = use_covariates and bool(schema.covariates)
+        self.n_covariates = (self.n_domains if self.use_domain else 0) + (
+            sum(c.n_features for c in schema.covariates) if self.use_covariates else 0)
         hidden = [n_hidden] * n_layers
         self.encoder = GaussianEncoder(schema.n_genes, n_latent, hidden,
                                        n_covariates=self.n_covariates, dropout=dropout,
@@ -81,8 +91,15 @@ class VAE(nn.Module):
                                     dropout=dropout, norm=norm)
         self.pyro_name = f"vae_{uuid.uuid4().hex[:8]}"
 
-    def _covariates(self, domain: torch.Tensor | None) -> torch.Tensor | None:
-        return one_hot(domain, self.n_domains) if self.n_covariates else None
+    def _covariates(self, domain: torch.Tensor | None,
+                    covariates: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Encoder / decoder covariates: one-hot domain and the named covariates' features."""
+        parts = []
+        if self.use_domain:
+            parts.append(one_hot(domain, self.n_domains))
+        if self.use_covariates:
+            parts.append(covariate_features(covariates, self.schema))
+        return torch.cat(parts, -1) if parts else None
 
     # ------------------------------------------------------------------ hooks for subclasses
     def model_globals(self, batch: CellBatch) -> dict:
@@ -107,16 +124,19 @@ class VAE(nn.Module):
         globals_ = self.model_globals(batch)
         with cells_plate(batch):
             domain = observe_domain(batch, self.n_domains) if self.n_domains else None
+            covariates = observe_covariates(batch, self.schema) if self.use_covariates else {}
             prior = dist.Normal(batch.library.new_zeros(self.n_latent), 1.0).to_event(1)
             with self.latent_mechanisms(batch, globals_), poutine.scale(scale=self.beta):
-                z = pyro.sample("z", prior)
-            return emit_counts(self.decoder, z, batch, self._covariates(domain), domain)
+                z = pyro.sample(sites.Z, prior)
+            return emit_counts(self.decoder, z, batch, self._covariates(domain, covariates),
+                               domain)
 
     def guide(self, batch: CellBatch) -> torch.Tensor:
         """Amortised posterior ``q(z | counts, domain)``; returns the sampled ``z``."""
         pyro.module(self.pyro_name, self)
         self.guide_globals(batch)
         with cells_plate(batch):
-            loc, scale = self.encoder(batch.counts, self._covariates(batch.domain))
+            loc, scale = self.encoder(batch.counts,
+                                      self._covariates(batch.domain, batch.covariates))
             with poutine.scale(scale=self.beta):
-                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                return pyro.sample(sites.Z, dist.Normal(loc, scale).to_event(1))

@@ -274,9 +274,9 @@ def test_a_per_cell_tensor_is_split_across_minibatches(scm):
 @pytest.mark.parametrize("value, message", [
     (torch.ones(3), r"do=\{'dose': tensor\} has shape \(3,\); it needs one row per cell "
                     r"\(4 cells\), in the order of the data"),
-    (torch.ones(4, 2), r"do=\{'dose': tensor\} must be a 1-D tensor of finite doses, got shape "
+    (torch.ones(4, 2), r"do=\{'dose': tensor\} must be a 1-D tensor of finite values, got shape "
                        r"\(4, 2\)"),
-    (torch.tensor([1.0, float("nan"), 0.0, 0.0]), "must be a 1-D tensor of finite doses"),
+    (torch.tensor([1.0, float("nan"), 0.0, 0.0]), "must be a 1-D tensor of finite values"),
 ])
 def test_a_bad_dose_tensor_is_named(scm, value, message):
     model, data, _ = scm
@@ -304,7 +304,7 @@ def domain_model():
     (torch.zeros(40), r"do=\{'domain': tensor\} must be a 1-D integer tensor of domain indices, "
                       r"got shape \(40,\) and dtype torch\.float32"),
     (torch.full((40,), 2), r"do=\{'domain': tensor\} holds indices outside \[0, 1\], the "
-                           "model's 2 domains"),
+                           "model's 2 categories of 'domain'"),
     (torch.full((40,), -1), r"holds indices outside \[0, 1\]"),
     (torch.zeros(39, dtype=torch.long), r"has shape \(39,\); it needs one row per cell "
                                         r"\(40 cells\)"),
@@ -338,3 +338,55 @@ def test_a_bad_perturbation_tensor_is_named(simulated_svae):
     named = counterfactual(model, cells, {"perturbation": model.schema.perturbations[0]},
                            n_samples=2)
     np.testing.assert_allclose(integer.X, named.X, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- named covariates
+@pytest.fixture(scope="module")
+def covariate_model():
+    from pyro_causalcell import VAE
+    from pyro_causalcell.simulate import cell_types
+
+    adata = cell_types(n_cells=40, n_genes=20, n_cell_types=2, seed=0)
+    adata.obs["donor"] = ["d1", "d2"] * 20
+    adata.obs["qc"] = np.linspace(10.0, 30.0, 40)
+    data = CellData.from_anndata(adata, categorical_covariate_keys=["donor"],
+                                 continuous_covariate_keys=["qc"])
+    torch.manual_seed(0)
+    return VAE(data.schema, n_latent=2, n_hidden=8), data
+
+
+def test_do_on_named_covariates_by_name_number_or_tensor(covariate_model):
+    model, data = covariate_model
+    by_name = counterfactual(model, data, {"donor": "d2"}, n_samples=2, batch_size=16)
+    by_index = counterfactual(model, data, {"donor": torch.ones(40, dtype=torch.long)},
+                              n_samples=2, batch_size=16)
+    np.testing.assert_allclose(by_index.X, by_name.X, rtol=1e-5, atol=1e-6)
+    by_number = counterfactual(model, data, {"qc": 25.0}, n_samples=2)
+    by_values = counterfactual(model, data, {"qc": torch.full((40,), 25.0)}, n_samples=2)
+    np.testing.assert_allclose(by_values.X, by_number.X, rtol=1e-5, atol=1e-6)
+    same = counterfactual(model, data, {"qc": torch.linspace(10.0, 30.0, 40)}, n_samples=2)
+    factual = counterfactual(model, data, {"donor": data.covariates["donor"]}, n_samples=2)
+    np.testing.assert_allclose(same.X, factual.X, rtol=1e-4, atol=1e-5)  # the observed values
+
+
+def test_bad_named_covariate_values_are_named(covariate_model):
+    model, data = covariate_model
+    with pytest.raises(ValueError, match="'d7' is not a known donor"):
+        counterfactual(model, data, {"donor": "d7"}, n_samples=1)
+    with pytest.raises(ValueError, match=r"do=\{'donor': tensor\} holds indices outside \[0, 1\], "
+                                         "the model's 2 categories of 'donor'"):
+        counterfactual(model, data, {"donor": torch.full((40,), 2)}, n_samples=1)
+    with pytest.raises(ValueError, match=r"do=\{'qc': tensor\} must be a 1-D tensor of finite"):
+        counterfactual(model, data, {"qc": torch.full((40, 2), 1.0)}, n_samples=1)
+
+
+def test_importance_weighted_elbo_conditions_on_named_covariates(covariate_model):
+    from pyro_causalcell.infer import importance_weighted_elbo
+
+    model, data = covariate_model
+    default = importance_weighted_elbo(model, data, 3, seed=0)
+    scored = importance_weighted_elbo(model, data, 3, seed=0, exclude_sites=())
+    # scoring the covariates adds log(1/2) for the donor and a Normal log-density for qc
+    qc = data.covariates["qc"]
+    expected = np.log(0.5) + dist.Normal(0.0, 1.0).log_prob(qc).numpy()
+    np.testing.assert_allclose(scored - default, expected, rtol=1e-4, atol=1e-4)

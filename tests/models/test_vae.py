@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -286,3 +287,28 @@ def test_all_parameters_are_registered_under_the_unique_pyro_name(data):
     svi.step(batch)
     for key, value in second.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+# ---------------------------------------------------------------------- named covariates
+def test_named_covariates_are_observed_sites_that_reach_the_decoder(make_adata):
+    adata = make_adata(24)
+    adata.obs["donor"] = ["a", "b", "c"] * 8
+    adata.obs["qc"] = np.linspace(0.0, 1.0, 24)
+    data = CellData.from_anndata(adata, categorical_covariate_keys=["donor"],
+                                 continuous_covariate_keys=["qc"])
+    torch.manual_seed(0)
+    model = VAE(data.schema, n_latent=2, n_hidden=8)
+    assert model.encoder.net.layers[0].in_features == data.schema.n_genes + 3 + 1
+    assert model.decoder.net.layers[0].in_features == 2 + 3 + 1
+    assert VAE(data.schema, use_covariates=False).n_covariates == 0
+    batch = data.batch(torch.arange(24))
+    guide = poutine.trace(model.guide).get_trace(batch)
+    trace = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(batch)
+    for name in ("donor", "qc"):
+        assert trace.nodes[name]["is_observed"], name
+        assert torch.equal(trace.nodes[name]["value"], batch.covariates[name]), name
+    moved = poutine.trace(poutine.replay(pyro.do(model.model, data={
+        "donor": torch.zeros(24, dtype=torch.long)}), trace=guide)).get_trace(batch)
+    changed = (moved.nodes["expression"]["value"] - trace.nodes["expression"]["value"]).abs()
+    assert (changed.sum(1)[batch.covariates["donor"] == 0] == 0).all()
+    assert (changed.sum(1)[batch.covariates["donor"] != 0] > 0).all()

@@ -18,7 +18,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_causalcell.data import CellBatch, CellData, CellSchema, DenseCounts
-from pyro_causalcell.metrics.likelihood import (
+from pyro_causalcell.infer.likelihood import (
     importance_weighted_elbo,
     mean_importance_weighted_elbo,
 )

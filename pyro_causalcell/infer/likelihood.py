@@ -15,6 +15,7 @@ beyond the model protocol (``model(batch)``, ``guide(batch)``, per-cell sites in
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,17 +23,19 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_factor, site_is_subsample
 
+from .. import sites
 from ..data import CellBatch, CellData
+from .protocol import evaluation, model_device, seeded
 
 __all__ = ["COVARIATE_SITES", "importance_weighted_elbo", "mean_importance_weighted_elbo"]
 
 #: Observed covariate sites of the model protocol, conditioned on rather than scored.
-COVARIATE_SITES = ("perturbation", "domain", "label", "dose")
+COVARIATE_SITES = sites.COVARIATES
 
 
 def _cells_dim(site: dict) -> int | None:
     for frame in site["cond_indep_stack"]:
-        if frame.name == "cells":
+        if frame.name == sites.CELLS:
             if not frame.vectorized or frame.dim is None:
                 raise ValueError(f"site {site['name']!r} is in a sequential 'cells' plate; the "
                                  "model protocol needs a vectorised pyro.plate('cells', ...)")
@@ -75,12 +78,14 @@ def _replicate(batch: CellBatch, times: int) -> CellBatch:
     """The batch stacked ``times`` times along cells (particle-major order)."""
     if times == 1:
         return batch
-    fields = {}
-    for name in ("counts", "library", "index", "perturbation", "dose", "domain", "label"):
-        value = getattr(batch, name)
-        fields[name] = None if value is None else value.repeat(
-            (times,) + (1,) * (value.dim() - 1))
-    return CellBatch(n_cells=batch.n_cells, **fields)
+
+    def stack(value):
+        return None if value is None else value.repeat((times,) + (1,) * (value.dim() - 1))
+
+    fields = {f.name: stack(getattr(batch, f.name)) for f in dataclasses.fields(batch)
+              if f.name not in ("n_cells", "covariates")}
+    covariates = {name: stack(value) for name, value in batch.covariates.items()}
+    return CellBatch(n_cells=batch.n_cells, covariates=covariates, **fields)
 
 
 def _log_weights(model, batch: CellBatch, exclude: Sequence[str]) -> torch.Tensor:
@@ -108,15 +113,10 @@ def _log_weights(model, batch: CellBatch, exclude: Sequence[str]) -> torch.Tenso
     return log_weight
 
 
-def _device(model) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return torch.device("cpu") if parameter is None else parameter.device
-
-
 def importance_weighted_elbo(model, data: CellData, n_samples: int = 100, *,
                              batch_size: int = 64, indices: torch.Tensor | np.ndarray |
                              Sequence[int] | None = None, particles_per_pass: int | None = None,
-                             exclude_sites: Sequence[str] = COVARIATE_SITES,
+                             exclude_sites: Sequence[str] | None = None,
                              seed: int | None = None) -> np.ndarray:
     r"""Per-cell importance-weighted ELBO :math:`\mathcal{L}_K` (a log-likelihood estimate).
 
@@ -133,7 +133,8 @@ def importance_weighted_elbo(model, data: CellData, n_samples: int = 100, *,
       per-cell model latents the guide does not sample are drawn from their prior, so their
       density ratio cancels and they are left out;
     - ``exclude_sites`` (default: the protocol's observed covariates ``"perturbation"``,
-      ``"domain"``, ``"label"``, ``"dose"``) are conditioned on, not scored, so the estimate is
+      ``"domain"``, ``"label"``, ``"dose"`` and the schema's named covariates) are conditioned
+      on, not scored, so the estimate is
       :math:`\log p(\text{counts} \mid \text{covariates})` and comparable across models with
       different covariate priors; pass ``()`` to score them too;
     - ``pyro.deterministic`` and ``pyro.factor`` sites (penalties) are left out;
@@ -187,6 +188,9 @@ def importance_weighted_elbo(model, data: CellData, n_samples: int = 100, *,
     if int(per_pass) != per_pass or per_pass < 1:
         raise ValueError(f"particles_per_pass must be an integer >= 1, got {particles_per_pass}")
     per_pass = min(int(per_pass), n_samples)
+    if exclude_sites is None:
+        named = [c.name for c in getattr(getattr(model, "schema", None), "covariates", ())]
+        exclude_sites = (*COVARIATE_SITES, *named)
     if not isinstance(data, CellData):
         raise ValueError(f"data must be a CellData, got {type(data).__name__}")
     if indices is None:
@@ -200,27 +204,18 @@ def importance_weighted_elbo(model, data: CellData, n_samples: int = 100, *,
             raise ValueError("indices must be a 1-D array of integer cell positions")
         if indices.min() < 0 or indices.max() >= data.n_cells:
             raise ValueError(f"indices must lie in [0, {data.n_cells - 1}]")
-    device = _device(model)
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     results = []
-    rng_devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=rng_devices,
-                                                    enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for batch in data.batches(batch_size, indices.to(data.device)):
-                batch = batch.to(device)
-                chunks = []
-                for start in range(0, n_samples, per_pass):
-                    times = min(per_pass, n_samples - start)
-                    weights = _log_weights(model, _replicate(batch, times), exclude_sites)
-                    chunks.append(weights.reshape(times, len(batch)).double())
-                log_w = torch.cat(chunks)
-                results.append(torch.logsumexp(log_w, 0) - np.log(n_samples))
-    finally:
-        model.train(was_training)
+    with evaluation(model), torch.no_grad(), seeded(seed, device):
+        for batch in data.batches(batch_size, indices.to(data.device)):
+            batch = batch.to(device)
+            chunks = []
+            for start in range(0, n_samples, per_pass):
+                times = min(per_pass, n_samples - start)
+                weights = _log_weights(model, _replicate(batch, times), exclude_sites)
+                chunks.append(weights.reshape(times, len(batch)).double())
+            log_w = torch.cat(chunks)
+            results.append(torch.logsumexp(log_w, 0) - np.log(n_samples))
     return torch.cat(results).cpu().numpy()
 
 
