@@ -6,12 +6,14 @@ trained by one engine (:func:`fit`) and queried by shared engines (:func:`latent
 
 from . import sites
 from ._version import __version__
-from .data import CellBatch, CellData, CellSchema, DataValidationError
+from .data import (BalancedSampler, CellBatch, CellData, CellSchema, DataValidationError,
+                   RandomSampler, WithinGroupSampler)
 from .infer import (TrainingHistory, counterfactual, fit, global_posterior, interventional, latent,
                     load, save, transfer)
 from .models import VAE, SparseShiftVAE, register_model, target_probabilities
 
 __all__ = ["__version__", "sites", "CellBatch", "CellData", "CellSchema", "DataValidationError",
+           "RandomSampler", "BalancedSampler", "WithinGroupSampler",
            "TrainingHistory", "fit", "latent", "load", "save", "transfer", "global_posterior",
            "counterfactual", "interventional",
            "VAE", "SparseShiftVAE", "target_probabilities", "register_model"]

@@ -2,9 +2,11 @@
 
 from .batch import CellBatch
 from .celldata import CellData
-from .schema import CellSchema
+from .samplers import BalancedSampler, RandomSampler, Sampler, WithinGroupSampler
+from .schema import CellSchema, Covariate
 from .storage import DenseCounts, SparseCounts
 from .validation import DataValidationError, NonIntegerCountsWarning
 
 __all__ = ["CellBatch", "CellData", "CellSchema", "DenseCounts", "SparseCounts",
-           "DataValidationError", "NonIntegerCountsWarning"]
+           "DataValidationError", "NonIntegerCountsWarning", "Covariate", "Sampler",
+           "RandomSampler", "BalancedSampler", "WithinGroupSampler"]

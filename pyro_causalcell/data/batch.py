@@ -30,6 +30,10 @@ class CellBatch:
     label : (batch,) long tensor or None
     covariates : dict of str -> (batch,) tensor
         Named covariates (``schema.covariates``): long category indices or standardised floats.
+    weight : (batch,) float tensor or None
+        Per-cell weights of samplers that include some cells more often than others
+        (:class:`~pyro_causalcell.data.samplers.BalancedSampler`): the inverse of each cell's
+        relative inclusion rate, applied by ``cells_plate``. ``None``: every cell weighs 1.
     """
 
     counts: torch.Tensor
@@ -41,6 +45,7 @@ class CellBatch:
     domain: torch.Tensor | None = None
     label: torch.Tensor | None = None
     covariates: dict[str, torch.Tensor] = field(default_factory=dict)
+    weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.counts.shape[0]

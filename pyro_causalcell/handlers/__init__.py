@@ -1,12 +1,14 @@
-"""Poutine messengers: latent scaling (KL warm-up), stochastic interventions and exogenous noise
-(abduction and replay, for counterfactuals)."""
+"""Poutine messengers: latent scaling (KL warm-up), penalty weights, stochastic interventions and
+exogenous noise (abduction and replay, for counterfactuals)."""
 
 from .exogenous_noise import (AbductionMessenger, Noise, NoiseReplayMessenger, abduct,
                               predict)
 from .latent_scale import LatentScaleMessenger, scale_latents
+from .penalties import PenaltyMessenger, block_penalties
 from .stochastic_intervention import (CoordinateMixture, StochasticInterventionMessenger,
                                       intervene_on_coordinates, stochastic_intervention)
 
 __all__ = ["LatentScaleMessenger", "scale_latents", "StochasticInterventionMessenger",
            "stochastic_intervention", "intervene_on_coordinates", "CoordinateMixture",
-           "AbductionMessenger", "NoiseReplayMessenger", "Noise", "abduct", "predict"]
+           "AbductionMessenger", "NoiseReplayMessenger", "Noise", "abduct", "predict",
+           "PenaltyMessenger", "block_penalties"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
+from collections.abc import Iterable, Sequence
 
 import pyro
 import torch
@@ -12,10 +14,12 @@ from pyro.infer import ELBO, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ..data import CellData
-from ..handlers import scale_latents
+from ..data.samplers import RandomSampler, Sampler, group_codes, stratified_split
+from ..handlers import block_penalties
 from .device import place_data, resolve_device
 from .history import TrainingHistory
 from .protocol import check_schema, evaluation, non_finite_parameters, seeded
+from .steps import Adversary, StepResult, TrainingStep, Weight, make_adam, only_training
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -32,31 +36,41 @@ class TrainingDivergedError(FloatingPointError):
         self.history = history
 
 
-def split_cells(n_cells: int, validation_fraction: float, generator: torch.Generator
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random ``(train_index, validation_index)`` with ``round(fraction * n)`` held out."""
+def split_cells(n_cells: int, validation_fraction: float, generator: torch.Generator,
+                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(train_index, validation_index)`` with ``round(fraction * n)`` held out, or
+    ``round(fraction * n_g)`` of each group when ``groups`` (``(n_cells,)`` codes) is given."""
+    if groups is not None:
+        return stratified_split(groups, validation_fraction, generator)
     order = torch.randperm(n_cells, generator=generator)
     n_validation = int(round(validation_fraction * n_cells))
     return order[n_validation:], order[:n_validation]
-
-
-def make_adam(parameters, lr: float, weight_decay: float = 0.0,
-              eps: float = 0.01) -> torch.optim.Adam:
-    """Adam with the fused (single-kernel) update where the device supports it."""
-    parameters = list(parameters)
-    options = dict(lr=lr, weight_decay=weight_decay, eps=eps)
-    try:
-        return torch.optim.Adam(parameters, fused=True, **options)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(parameters, foreach=True, **options)
 
 
 def _kl_weight(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs <= 0 else min(1.0, (epoch + 1) / warmup_epochs)
 
 
-def _weighted(fn, weight: float):
-    return fn if weight == 1.0 else scale_latents(fn, weight=weight)
+class EpochSums:
+    """Running sums of one epoch's step results, turned into per-cell history entries."""
+
+    def __init__(self):
+        self.elbo, self.penalties, self.adversaries = 0.0, {}, {}
+
+    def add(self, result: StepResult, n_rows: int) -> None:
+        self.elbo += result.elbo * n_rows
+        for name, value in result.penalties.items():
+            self.penalties[name] = self.penalties.get(name, 0.0) + value * n_rows
+        for name, value in result.adversaries.items():
+            self.adversaries.setdefault(name, []).append(value)
+
+    def record(self, history: TrainingHistory, n_train: int) -> None:
+        """Per-cell means (each step's values are scaled to the ``n_train`` training cells)."""
+        history.train_elbo.append(self.elbo / n_train / n_train)
+        for name, total in self.penalties.items():
+            history.penalties.setdefault(name, []).append(float(total) / n_train / n_train)
+        for name, values in self.adversaries.items():
+            history.adversary_loss.setdefault(name, []).append(sum(values) / len(values))
 
 
 def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int = 1024,
@@ -64,24 +78,26 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
     """Per-cell ELBO of ``model`` on the cells ``index`` of ``data`` (one Monte Carlo sample).
 
     Global latent sites enter once for the whole set: each batch's loss is scaled to the set
-    and the batches are averaged with weights proportional to their size.
+    and the batches are averaged with weights proportional to their size. Penalties
+    (``pyro.factor`` sites) are left out: this is the ELBO itself.
     """
     elbo = elbo or Trace_ELBO()
     total = 0.0
+    model_fn = block_penalties(model.model)
     with evaluation(model), torch.no_grad(), pyro.validation_enabled(False):
         for batch in data.batches(batch_size, index):
             if device is not None:
                 batch = batch.to(device)
-            total += elbo.differentiable_loss(model.model, model.guide, batch).item() * len(batch)
+            total += elbo.differentiable_loss(model_fn, model.guide, batch).item() * len(batch)
     n = len(index)
     return -total / n / n
 
 
-def _diverged(model, optimizer, last_good, history: TrainingHistory, start: float,
+def _diverged(model, step: TrainingStep, last_good, history: TrainingHistory, start: float,
               message: str) -> TrainingDivergedError:
-    """Restore the last good parameters and optimiser state; the error to raise."""
+    """Restore the last good parameters and optimiser states; the error to raise."""
     model.load_state_dict(last_good[0])
-    optimizer.load_state_dict(last_good[1])
+    step.load_state_dict(last_good[1])
     history.seconds = time.perf_counter() - start
     return TrainingDivergedError(message, history)
 
@@ -97,7 +113,11 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         early_stopping: bool = False, patience: int = 10, device: str | torch.device = "auto",
         seed: int = 0, progress: bool = True, elbo: ELBO | None = None,
         weight_decay: float = 0.0, adam_eps: float = 0.01,
-        eval_mode: bool = False) -> TrainingHistory:
+        eval_mode: bool = False, sampler: Sampler | None = None,
+        stratify: str | Sequence[str] | None = None,
+        parameters: Iterable[torch.nn.Parameter] | None = None,
+        adversaries: Iterable[Adversary] = (),
+        penalty_weights: dict[str, Weight] | None = None) -> TrainingHistory:
     """Fit a model by minibatch stochastic variational inference.
 
     Parameters
@@ -136,10 +156,30 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         Keep the model's modules in eval mode while training (no dropout, batch norm uses and
         keeps its running statistics), e.g. when only a few global parameters are learned
         and the networks are frozen (:func:`~pyro_causalcell.infer.transfer`).
+    sampler : Sampler, optional
+        How training cells are cut into minibatches (default
+        :class:`~pyro_causalcell.data.samplers.RandomSampler`);
+        :class:`~pyro_causalcell.data.samplers.BalancedSampler` puts every group of a covariate
+        in every batch, :class:`~pyro_causalcell.data.samplers.WithinGroupSampler` draws each
+        batch from one group.
+    stratify : str or sequence of str, optional
+        Hold out ``validation_fraction`` of each group of these covariates (e.g. ``"domain"``)
+        instead of a random ``validation_fraction`` of all cells.
+    parameters : iterable of nn.Parameter, optional
+        Train only these; the others are frozen during the fit (stage two of a two-stage fit,
+        or a transfer that learns a few rows).
+    adversaries : iterable of Adversary
+        Networks trained on their own loss with their own optimiser after each ELBO step
+        (besides any the model lists in ``model.adversaries()``); see
+        :mod:`~pyro_causalcell.infer.steps`.
+    penalty_weights : dict of str -> float or callable(epoch)
+        Weight of each named ``pyro.factor`` site of the model, fixed or a schedule such as
+        :func:`~pyro_causalcell.infer.steps.warmup`.
 
     Returns
     -------
     TrainingHistory
+        The ELBO (without penalties) per epoch, each penalty and adversary loss beside it.
 
     Raises
     ------
@@ -162,12 +202,17 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         model.to(device)
         data = place_data(data, device)
         copy_batches = data.device != device
-        train_index, validation_index = split_cells(data.n_cells, validation_fraction, generator)
+        groups = None if stratify is None else group_codes(data, stratify).cpu()
+        train_index, validation_index = split_cells(data.n_cells, validation_fraction, generator,
+                                                    groups)
+        sampler = sampler or RandomSampler()
         if len(train_index) == 0:
             raise ValueError(f"no cells left to train on ({data.n_cells} cells, "
                              f"validation_fraction={validation_fraction})")
-        elbo = elbo or Trace_ELBO()
-        optimizer = make_adam(model.parameters(), lr, weight_decay, adam_eps)
+        adversaries = [*getattr(model, "adversaries", lambda: ())(), *adversaries]
+        step = TrainingStep(model, elbo=elbo or Trace_ELBO(), lr=lr, weight_decay=weight_decay,
+                            adam_eps=adam_eps, parameters=parameters, adversaries=adversaries,
+                            penalty_weights=penalty_weights)
         history = TrainingHistory()
         best = (-math.inf, None)
         epochs_without_improvement = 0
@@ -175,56 +220,56 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         n_train = len(train_index)
         bar = tqdm(range(max_epochs), disable=not progress, desc="fit", unit="epoch")
         model.train(not eval_mode)
-        for epoch in bar:
-            weight = _kl_weight(epoch, kl_warmup_epochs)
-            model_fn, guide_fn = _weighted(model.model, weight), _weighted(model.guide, weight)
-            last_good = (copy.deepcopy(model.state_dict()),
-                         copy.deepcopy(optimizer.state_dict()))
-            total = 0.0
-            for step, batch in enumerate(data.batches(batch_size, train_index, shuffle=True,
-                                                      generator=generator)):
-                if copy_batches:
-                    batch = batch.to(device)
-                # validate distributions and shapes on the very first step only: it is costly
-                with pyro.validation_enabled(epoch == 0 and step == 0):
-                    loss = elbo.differentiable_loss(model_fn, guide_fn, batch)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise _diverged(model, optimizer, last_good, history, start,
-                                    _diverged_message(f"the loss became {value}", epoch,
-                                                      f"step {step}", lr))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += value * len(batch)
-            history.train_elbo.append(-total / n_train / n_train)
-            history.kl_weight.append(weight)
-            postfix = {"elbo": f"{history.train_elbo[-1]:.4g}"}
-            if len(validation_index):
-                score = evaluate_elbo(model, data, validation_index,
-                                      batch_size=max(batch_size, 1024), elbo=elbo,
-                                      device=device if copy_batches else None)
-                if not math.isfinite(score):
-                    raise _diverged(model, optimizer, last_good, history, start,
-                                    _diverged_message(f"the validation ELBO became {score}",
-                                                      epoch, "validation", lr))
-                history.validation_elbo.append(score)
-                postfix["val"] = f"{score:.4g}"
-                if early_stopping:
-                    if score > best[0]:
-                        best = (score, copy.deepcopy(model.state_dict()))
-                        history.best_epoch = epoch
-                        epochs_without_improvement = 0
-                    else:
-                        epochs_without_improvement += 1
-            bar.set_postfix(postfix)
-            if early_stopping and epochs_without_improvement >= patience:
-                history.stopped_early = True
-                break
+        trained = [*step.parameters, *(p for a in adversaries for p in a.module.parameters())]
+        frozen = only_training(model, None if parameters is None else trained)
+        with frozen, warnings.catch_warnings():
+            # pyro.module notes each frozen parameter it skips; freezing them is the point
+            warnings.filterwarnings("ignore", message=".*not registered in the param store "
+                                    "because requires_grad=False")
+            for epoch in bar:
+                weight = _kl_weight(epoch, kl_warmup_epochs)
+                step.start_epoch(epoch, weight)
+                last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(step.state_dict()))
+                sums = EpochSums()
+                for number, batch in enumerate(sampler.batches(data, train_index, batch_size,
+                                                               generator)):
+                    if copy_batches:
+                        batch = batch.to(device)
+                    # validate distributions and shapes on the very first step only: costly
+                    result = step(batch, validate=epoch == 0 and number == 0)
+                    if not math.isfinite(result.loss):
+                        raise _diverged(model, step, last_good, history, start,
+                                        _diverged_message(f"the loss became {result.loss}",
+                                                          epoch, f"step {number}", lr))
+                    sums.add(result, len(batch))
+                sums.record(history, n_train)
+                history.kl_weight.append(weight)
+                postfix = {"elbo": f"{history.train_elbo[-1]:.4g}"}
+                if len(validation_index):
+                    score = evaluate_elbo(model, data, validation_index,
+                                          batch_size=max(batch_size, 1024), elbo=step.elbo,
+                                          device=device if copy_batches else None)
+                    if not math.isfinite(score):
+                        raise _diverged(model, step, last_good, history, start,
+                                        _diverged_message(f"the validation ELBO became {score}",
+                                                          epoch, "validation", lr))
+                    history.validation_elbo.append(score)
+                    postfix["val"] = f"{score:.4g}"
+                    if early_stopping:
+                        if score > best[0]:
+                            best = (score, copy.deepcopy(model.state_dict()))
+                            history.best_epoch = epoch
+                            epochs_without_improvement = 0
+                        else:
+                            epochs_without_improvement += 1
+                bar.set_postfix(postfix)
+                if early_stopping and epochs_without_improvement >= patience:
+                    history.stopped_early = True
+                    break
         bar.close()
         broken = non_finite_parameters(model)  # the last step can break them unseen
         if broken:
-            raise _diverged(model, optimizer, last_good, history, start, _diverged_message(
+            raise _diverged(model, step, last_good, history, start, _diverged_message(
                 f"parameters {broken[:3]} became NaN or infinite", epoch, "last step", lr))
         if early_stopping and best[1] is not None:
             model.load_state_dict(best[1])

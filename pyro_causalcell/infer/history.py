@@ -14,12 +14,17 @@ class TrainingHistory:
     Attributes
     ----------
     train_elbo : list of float
-        Mean per-cell objective on the training cells during each epoch (during KL warm-up this is
-        the warmed-up objective that was optimised).
+        Mean per-cell ELBO on the training cells during each epoch, without penalties (during
+        KL warm-up this is the warmed-up ELBO that was optimised).
     validation_elbo : list of float
         Per-cell ELBO on held-out cells after each epoch (empty without validation).
     kl_weight : list of float
         KL weight used in each epoch.
+    penalties : dict of str -> list of float
+        Per epoch and per cell, what each ``pyro.factor`` site (weighted) added to the
+        objective (negative for a penalty); only for models that have them.
+    adversary_loss : dict of str -> list of float
+        Mean loss of each adversary in each epoch it trained.
     best_epoch : int or None
         Epoch (0-based) whose parameters were kept by early stopping.
     stopped_early : bool
@@ -30,6 +35,8 @@ class TrainingHistory:
     train_elbo: list[float] = field(default_factory=list)
     validation_elbo: list[float] = field(default_factory=list)
     kl_weight: list[float] = field(default_factory=list)
+    penalties: dict[str, list[float]] = field(default_factory=dict)
+    adversary_loss: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int | None = None
     stopped_early: bool = False
     seconds: float = 0.0
@@ -39,8 +46,15 @@ class TrainingHistory:
         return len(self.train_elbo)
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per epoch: ``epoch``, ``train_elbo``, ``validation_elbo``, ``kl_weight``."""
+        """One row per epoch: ``epoch``, ``train_elbo``, ``validation_elbo``, ``kl_weight``, then
+        ``penalty_<name>`` and ``adversary_<name>`` columns (NaN where not recorded)."""
         n = self.n_epochs
-        validation = self.validation_elbo + [float("nan")] * (n - len(self.validation_elbo))
-        return pd.DataFrame({"epoch": range(n), "train_elbo": self.train_elbo,
-                             "validation_elbo": validation[:n], "kl_weight": self.kl_weight})
+
+        def padded(values: list[float]) -> list[float]:
+            return (values + [float("nan")] * (n - len(values)))[:n]
+
+        columns = {"epoch": range(n), "train_elbo": self.train_elbo,
+                   "validation_elbo": padded(self.validation_elbo), "kl_weight": self.kl_weight}
+        columns.update({f"penalty_{k}": padded(v) for k, v in self.penalties.items()})
+        columns.update({f"adversary_{k}": padded(v) for k, v in self.adversary_loss.items()})
+        return pd.DataFrame(columns)

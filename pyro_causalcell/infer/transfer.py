@@ -8,7 +8,6 @@ add the new perturbations, learn only their parameters on their cells, then scor
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import NamedTuple
 
 import anndata as ad
@@ -121,24 +120,15 @@ def transfer(model, data: ad.AnnData | CellData, perturbations=None, *, max_epoc
         raise ValueError(f"{type(model).__name__} has no per-perturbation parameters to learn "
                          "(e.g. SparseShiftVAE with sparsity='vae'); score the new cells "
                          "with the model as it is")
-    trainable = {id(p) for p in tables.values()}
-    for parameter in new_model.parameters():
-        parameter.requires_grad_(id(parameter) in trainable)
     n_known = schema.n_perturbations
     hooks = [p.register_hook(_mask_rows(n_known)) for p in tables.values()]
     try:
-        with warnings.catch_warnings():
-            # pyro.module notes each frozen parameter it skips; freezing them is the point here
-            warnings.filterwarnings("ignore", message=".*not registered in the param store "
-                                    "because requires_grad=False")
-            history = fit(new_model, data, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-                          validation_fraction=0.0, device=device, seed=seed, progress=progress,
-                          eval_mode=True)
+        history = fit(new_model, data, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+                      validation_fraction=0.0, device=device, seed=seed, progress=progress,
+                      eval_mode=True, parameters=list(tables.values()))
     finally:
         for hook in hooks:
             hook.remove()
-        for parameter in new_model.parameters():
-            parameter.requires_grad_(True)
     return TransferResult(new_model, data, history)
 
 

@@ -7,9 +7,13 @@ is what lets one training engine and one counterfactual engine serve them all.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 import torch.nn.functional as F
 from torch import nn
 
@@ -19,9 +23,19 @@ from ..data.schema import CATEGORICAL
 from ..nn import CountDecoder
 
 
-def cells_plate(batch: CellBatch) -> pyro.plate:
-    """``pyro.plate("cells", batch.n_cells, subsample=batch.index)``: per-cell sites go inside."""
-    return pyro.plate(sites.CELLS, batch.n_cells, subsample=batch.index)
+@contextlib.contextmanager
+def cells_plate(batch: CellBatch) -> Iterator[pyro.plate]:
+    """``pyro.plate("cells", batch.n_cells, subsample=batch.index)``: per-cell sites go inside.
+
+    When the batch carries per-cell weights (a balanced sampler), every site inside is also
+    scaled by them, so the minibatch estimate stays unbiased for the whole set of cells.
+    """
+    with pyro.plate(sites.CELLS, batch.n_cells, subsample=batch.index) as plate:
+        if batch.weight is None:
+            yield plate
+        else:
+            with poutine.scale(scale=batch.weight):
+                yield plate
 
 
 def observe_domain(batch: CellBatch, n_domains: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from pyro_causalcell import CellData, SparseShiftVAE, VAE, fit, load, save, transfer
 from pyro_causalcell.infer import known_rows_unchanged
-from pyro_causalcell.metrics import mean_importance_weighted_elbo
+from pyro_causalcell.infer import mean_importance_weighted_elbo
 from pyro_causalcell.simulate.sparse_shift import sparse_shift, split_perturbations
 
 

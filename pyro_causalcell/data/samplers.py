@@ -1,0 +1,178 @@
+"""Minibatch samplers for training: random, balanced over a covariate, and within-group.
+
+A sampler turns the training cells into an epoch of :class:`CellBatch` objects. Each batch's
+``"cells"`` plate has the size of the training set, and where a sampler includes some cells
+more often than others (balanced batches) each cell carries a ``weight`` (the inverse of its
+relative inclusion rate) that :func:`~pyro_causalcell.models.components.cells_plate` applies,
+so the minibatch ELBO stays an unbiased estimate of the ELBO over all training cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .. import sites
+from .batch import CellBatch
+from .celldata import CellData
+
+__all__ = ["Sampler", "RandomSampler", "BalancedSampler", "WithinGroupSampler", "group_codes",
+           "stratified_split"]
+
+
+def group_codes(data: CellData, names: str | Sequence[str]) -> torch.Tensor:
+    """``(n_cells,)`` long group index of each cell, one group per combination of covariates.
+
+    Parameters
+    ----------
+    data : CellData
+    names : str or sequence of str
+        ``"domain"``, ``"label"``, ``"perturbation"`` (each distinct multi-hot row, so control
+        and ``"A+B"`` are groups of their own), ``"dose"`` or a named categorical covariate.
+
+    Raises
+    ------
+    ValueError
+        A name the data does not carry.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    columns = []
+    for name in names:
+        if name in sites.COVARIATES:
+            value = getattr(data, name)
+        else:
+            value = data.covariates.get(name)
+        if value is None:
+            carried = [n for n in sites.COVARIATES if getattr(data, n) is not None]
+            raise ValueError(f"the data has no covariate {name!r} to group cells by; it carries "
+                             f"{carried + list(data.covariates)}")
+        value = value.reshape(len(value), -1)
+        if value.is_floating_point() and not bool((value == value.round()).all()):
+            raise ValueError(f"covariate {name!r} is continuous; group cells by a categorical "
+                             "one")
+        columns.append(torch.unique(value, dim=0, return_inverse=True)[1])
+    stacked = torch.stack(columns, 1)
+    return torch.unique(stacked, dim=0, return_inverse=True)[1]
+
+
+def stratified_split(groups: torch.Tensor, fraction: float, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, validation)`` positions holding out ``round(fraction * n_g)`` of each group."""
+    train, validation = [], []
+    for group in torch.unique(groups).tolist():
+        members = torch.nonzero(groups == group).squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_validation = int(round(fraction * len(members)))
+        validation.append(members[:n_validation])
+        train.append(members[n_validation:])
+    return torch.cat(train).sort().values, torch.cat(validation).sort().values
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Anything with ``batches(data, indices, batch_size, generator)`` yielding CellBatch."""
+
+    def batches(self, data: CellData, indices: torch.Tensor, batch_size: int,
+                generator: torch.Generator) -> Iterator[CellBatch]: ...
+
+
+class RandomSampler:
+    """Shuffle the training cells and cut them into consecutive batches (each cell once)."""
+
+    def batches(self, data: CellData, indices: torch.Tensor, batch_size: int,
+                generator: torch.Generator) -> Iterator[CellBatch]:
+        return data.batches(batch_size, indices, shuffle=True, generator=generator)
+
+    def __repr__(self) -> str:
+        return "RandomSampler()"
+
+
+class BalancedSampler:
+    """Every batch holds (about) the same number of cells of each group of ``covariate``.
+
+    An epoch has ``ceil(n / batch_size)`` batches; each draws ``batch_size / n_groups`` cells
+    of every group without replacement within the epoch (a small group is reshuffled and reused
+    when used up). Cells of a group of size ``n_g`` are seen ``n / (n_groups n_g)`` times as
+    often as under random batches, so each carries the weight ``n_groups n_g / n`` that
+    :func:`~pyro_causalcell.models.components.cells_plate` applies.
+
+    Parameters
+    ----------
+    covariate : str or sequence of str
+        What defines the groups (see :func:`group_codes`), e.g. ``"domain"`` for multiGroupVI.
+    """
+
+    def __init__(self, covariate: str | Sequence[str]):
+        self.covariate = covariate
+
+    def __repr__(self) -> str:
+        return f"BalancedSampler({self.covariate!r})"
+
+    def batches(self, data: CellData, indices: torch.Tensor, batch_size: int,
+                generator: torch.Generator) -> Iterator[CellBatch]:
+        indices = indices.to(data.device)
+        groups = group_codes(data, self.covariate).to(data.device).index_select(0, indices)
+        members = [indices[groups == g] for g in torch.unique(groups)]
+        n, n_groups = len(indices), len(members)
+        if batch_size < n_groups:
+            raise ValueError(f"batch_size={batch_size} is smaller than the {n_groups} groups of "
+                             f"{self.covariate!r}; every batch must hold each group")
+        weights = [torch.full((len(m),), n_groups * len(m) / n, device=data.device)
+                   for m in members]
+        queues = [_Queue(m, w, generator) for m, w in zip(members, weights)]
+        per_group = [batch_size // n_groups + (g < batch_size % n_groups)
+                     for g in range(n_groups)]
+        for _ in range(-(-n // batch_size)):
+            drawn = [queue.take(k) for queue, k in zip(queues, per_group)]
+            index = torch.cat([d[0] for d in drawn])
+            weight = torch.cat([d[1] for d in drawn])
+            yield replace(data.batch(index, n_cells=n), weight=weight)
+
+
+class WithinGroupSampler:
+    """Batches drawn from one group at a time (e.g. one (cell line, treatment) pair), so
+    within-batch permutations stay within the group; each cell once per epoch.
+
+    Parameters
+    ----------
+    covariates : str or sequence of str
+        What defines the groups (see :func:`group_codes`).
+    """
+
+    def __init__(self, covariates: str | Sequence[str]):
+        self.covariates = covariates
+
+    def __repr__(self) -> str:
+        return f"WithinGroupSampler({self.covariates!r})"
+
+    def batches(self, data: CellData, indices: torch.Tensor, batch_size: int,
+                generator: torch.Generator) -> Iterator[CellBatch]:
+        indices = indices.to(data.device)
+        groups = group_codes(data, self.covariates).to(data.device).index_select(0, indices)
+        chunks = []
+        for group in torch.unique(groups):
+            members = indices[groups == group]
+            members = members[torch.randperm(len(members), generator=generator).to(data.device)]
+            chunks.extend(members.split(batch_size))
+        for position in torch.randperm(len(chunks), generator=generator).tolist():
+            yield data.batch(chunks[position], n_cells=len(indices))
+
+
+class _Queue:
+    """Cells of one group handed out in shuffled order, reshuffled when used up."""
+
+    def __init__(self, members: torch.Tensor, weights: torch.Tensor,
+                 generator: torch.Generator):
+        self.members, self.weights, self.generator = members, weights, generator
+        self.order = torch.empty(0, dtype=torch.long)
+
+    def take(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        while len(self.order) < k:
+            fresh = torch.randperm(len(self.members), generator=self.generator)
+            self.order = torch.cat([self.order, fresh])
+        picked, self.order = self.order[:k], self.order[k:]
+        picked = picked.to(self.members.device)
+        return self.members[picked], self.weights[picked]
