@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -11,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
+from .models.registry import model_variants
 from .output_folder import OutputFolderError, output_folder
 
-MODELS = ("vae", "ivae", "svae", "svae+")
 
 
 class CommandLineError(ValueError):
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the input with latents in obsm['X_<model>']). The input file is not "
                     "modified.")
     fit.add_argument("data", type=Path, help="AnnData .h5ad file with raw counts")
-    fit.add_argument("--model", choices=MODELS, default="vae", help="default: %(default)s")
+    fit.add_argument("--model", choices=sorted(model_variants()), default="vae",
+                     help="a registered model (default: %(default)s)")
     fit.add_argument("--out", type=Path, required=True, help="output folder")
     keys = fit.add_argument_group("data keys (adata.obs columns)")
     keys.add_argument("--layer", help="layer with raw counts (default: X)")
@@ -279,17 +281,16 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
     import pyro
 
     from .infer import fit, latent, save
-    from .models import VAE, SparseShiftVAE, target_probabilities
+    from .models import target_probabilities
     from .plotting import plot_elbo, plot_latent
 
     pyro.set_rng_seed(args.seed)  # the initial weights too: the same seed gives the same run
-    sizes = dict(n_latent=args.n_latent, n_hidden=args.n_hidden, n_layers=args.n_layers,
-                 beta=args.beta, likelihood=args.likelihood)
-    if name == "vae":
-        model = VAE(data.schema, **sizes)
-    else:
-        model = SparseShiftVAE(data.schema, sparsity=name, sparsity_weight=args.sparsity_weight,
-                               **sizes)
+    cls, variant = model_variants()[name]
+    options = dict(n_latent=args.n_latent, n_hidden=args.n_hidden, n_layers=args.n_layers,
+                   beta=args.beta, likelihood=args.likelihood,
+                   sparsity_weight=args.sparsity_weight)
+    accepted = inspect.signature(cls).parameters
+    model = cls(data.schema, **{k: v for k, v in options.items() if k in accepted}, **variant)
     history = fit(model, data, max_epochs=args.max_epochs, batch_size=args.batch_size,
                   lr=args.lr, kl_warmup_epochs=args.kl_warmup_epochs,
                   validation_fraction=args.validation_fraction,
@@ -297,7 +298,7 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
                   device=args.device, seed=args.seed, progress=not args.quiet)
     z = latent(model, data)
     save(model, out / "model.pt")
-    if name != "vae":
+    if getattr(model, "sparsity", "vae") != "vae":
         target_probabilities(model).to_csv(out / "target_probabilities.csv")
     history.to_dataframe().to_csv(out / "history.csv", index=False)
 

@@ -1,9 +1,9 @@
 """Models: Pyro model/guide pairs following the package's model protocol."""
 
 from . import components
-from .registry import register_model, registered_models
+from .registry import model_variants, register_model, registered_models
 from .sparse_shift import SPARSITY, SparseShiftVAE, target_probabilities
 from .vae import VAE
 
 __all__ = ["VAE", "SparseShiftVAE", "SPARSITY", "target_probabilities", "components",
-           "register_model", "registered_models"]
+           "register_model", "registered_models", "model_variants"]

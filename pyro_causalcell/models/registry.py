@@ -36,6 +36,20 @@ def register_model(cls: type | None = None, *, name: str | None = None):
     return register if cls is None else register(cls)
 
 
+def model_variants() -> dict[str, tuple[type, dict]]:
+    """Command-line name -> (class, constructor keywords) of every registered model.
+
+    A class lists its variants in a ``variants`` class attribute (``{"svae+": {"sparsity":
+    "svae+"}, ...}``); without one it is offered under its lower-case class name.
+    ``causalcell fit --model NAME`` accepts exactly these names.
+    """
+    out = {}
+    for cls in _MODELS.values():
+        for name, kwargs in getattr(cls, "variants", {cls.__name__.lower(): {}}).items():
+            out[name] = (cls, dict(kwargs))
+    return out
+
+
 def registered_models() -> dict[str, type]:
     """Name -> class of every registered model (a copy)."""
     return dict(_MODELS)

@@ -76,6 +76,8 @@ class SparseShiftVAE(VAE):
     (observed multi-hot), ``"z"``, ``"expression"``, ``"counts"``.
     """
 
+    variants = {name: {"sparsity": name} for name in ("ivae", "svae", "svae+")}
+
     def __init__(self, schema: CellSchema, n_latent: int = 15, n_hidden: int = 128,
                  n_layers: int = 2, sparsity: str = "svae+", sparsity_weight: float = 50.0,
                  shift_prior_scale: float = 10.0, beta: float = 1.0, likelihood: str = "nb",

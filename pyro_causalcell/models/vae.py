@@ -62,6 +62,9 @@ class VAE(nn.Module):
     ``"expression"`` (deterministic), ``"counts"`` (observed).
     """
 
+    #: command-line names (``causalcell fit --model vae``) and their constructor keywords
+    variants = {"vae": {}}
+
     def __init__(self, schema: CellSchema, n_latent: int = 10, n_hidden: int = 128,
                  n_layers: int = 1, beta: float = 1.0, likelihood: str = "nb",
                  dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.0,
