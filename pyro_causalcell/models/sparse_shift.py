@@ -55,11 +55,12 @@ class SparseShiftVAE(VAE):
     ----------
     schema : CellSchema
         Must have perturbations (``perturbation_key``) unless ``sparsity="vae"``.
-    n_latent, n_hidden, n_layers, beta, likelihood, dispersion, use_domain, dropout, norm,
-    use_covariates
+    n_latent, n_hidden, n_layers, beta, likelihood, dispersion, use_domain, dropout, norm
         As in :class:`~pyro_causalcell.models.VAE`; the defaults (two hidden layers of 128,
         batch norm, dropout 0.1) are the study's, and batch norm recovered the simulated
         latents markedly better than layer norm or none in our runs.
+    use_covariates : bool
+        As in :class:`~pyro_causalcell.models.VAE`.
     sparsity : {"vae", "ivae", "svae", "svae+"}
     sparsity_weight : float
         :math:`\\lambda`: penalty per expected target (sVAE) or the Beta(1, lambda) prior on
