@@ -1,9 +1,11 @@
 """Models: Pyro model/guide pairs following the package's model protocol."""
 
 from . import components
+from .blocks import ConditionalNormalPrior, LatentBlock, NormalPrior
 from .registry import model_variants, register_model, registered_models
 from .sparse_shift import SPARSITY, SparseShiftVAE, target_probabilities
 from .vae import VAE
 
 __all__ = ["VAE", "SparseShiftVAE", "SPARSITY", "target_probabilities", "components",
-           "register_model", "registered_models", "model_variants"]
+           "register_model", "registered_models", "model_variants",
+           "LatentBlock", "NormalPrior", "ConditionalNormalPrior"]

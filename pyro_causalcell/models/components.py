@@ -8,13 +8,13 @@ is what lets one training engine and one counterfactual engine serve them all.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 import torch.nn.functional as F
+from pyro import poutine
 from torch import nn
 
 from .. import sites
@@ -91,13 +91,11 @@ def observe_covariates(batch: CellBatch, schema: CellSchema) -> dict[str, torch.
     return values
 
 
-def covariate_features(values: dict[str, torch.Tensor], schema: CellSchema) -> torch.Tensor | None:
-    """The covariates as one ``(batch, sum of n_features)`` float matrix (one-hot categories,
+def covariate_features(values: dict[str, torch.Tensor],
+                       schema: CellSchema) -> torch.Tensor | None:
+    """The named covariates as one ``(batch, width)`` float matrix (one-hot categories,
     standardised numbers), in the schema's order; ``None`` without covariates."""
-    columns = [one_hot(values[c.name], c.n_features) if c.kind == CATEGORICAL
-               else values[c.name].unsqueeze(-1).to(torch.get_default_dtype())
-               for c in schema.covariates]
-    return torch.cat(columns, -1) if columns else None
+    return features(values, [c.name for c in schema.covariates], schema)
 
 
 def one_hot(index: torch.Tensor, n_categories: int) -> torch.Tensor:
@@ -142,3 +140,61 @@ def append_rows(parameter: nn.Parameter, n_rows: int, fill: float) -> nn.Paramet
     """
     extra = parameter.detach().new_full((n_rows,) + tuple(parameter.shape[1:]), fill)
     return nn.Parameter(torch.cat([parameter.detach(), extra]))
+
+
+def observe_all(batch: CellBatch, schema: CellSchema) -> dict[str, torch.Tensor]:
+    """Observed sample sites for every covariate the schema carries, by site name.
+
+    ``"perturbation"`` (multi-hot), ``"domain"``, ``"label"`` (category indices),
+    ``"dose"`` and each named covariate. Use the returned values downstream, not the batch's:
+    under ``pyro.do`` they are the intervened ones.
+    """
+    values = {}
+    if schema.perturbation_key is not None:
+        values[sites.PERTURBATION] = observe_perturbation(batch)
+    if schema.domain_key is not None:
+        values[sites.DOMAIN] = observe_domain(batch, schema.n_domains)
+    if schema.label_key is not None:
+        logits = batch.library.new_zeros(schema.n_labels)
+        values[sites.LABEL] = pyro.sample(sites.LABEL, dist.Categorical(logits=logits),
+                                          obs=batch.label)
+    if schema.dose_key is not None:
+        values[sites.DOSE] = pyro.sample(sites.DOSE, dist.Normal(batch.library.new_zeros(()),
+                                                                 10.0), obs=batch.dose)
+    values.update(observe_covariates(batch, schema))
+    return values
+
+
+def features(values: dict[str, torch.Tensor], names: Sequence[str],
+             schema: CellSchema) -> torch.Tensor | None:
+    """Covariates ``names`` as one ``(batch, width)`` float matrix: one-hot categories,
+    multi-hot perturbations, numbers as a column; ``None`` for no names."""
+    columns = []
+    for name in names:
+        value = values[name]
+        if name == sites.PERTURBATION:
+            columns.append(value.to(torch.get_default_dtype()))
+        elif name in (sites.DOMAIN, sites.LABEL):
+            columns.append(one_hot(value, getattr(schema, f"n_{name}s")))
+        elif name == sites.DOSE:
+            columns.append(value.unsqueeze(-1).to(torch.get_default_dtype()))
+        else:
+            covariate = schema.covariate(name)
+            columns.append(one_hot(value, covariate.n_features) if covariate.kind == CATEGORICAL
+                           else value.unsqueeze(-1).to(torch.get_default_dtype()))
+    return torch.cat(columns, -1) if columns else None
+
+
+def feature_width(names: Sequence[str], schema: CellSchema) -> int:
+    """Width of :func:`features` for ``names``."""
+    width = 0
+    for name in names:
+        if name == sites.PERTURBATION:
+            width += schema.n_perturbations
+        elif name in (sites.DOMAIN, sites.LABEL):
+            width += getattr(schema, f"n_{name}s")
+        elif name == sites.DOSE:
+            width += 1
+        else:
+            width += schema.covariate(name).n_features
+    return width

@@ -1,0 +1,112 @@
+r"""Latent blocks: the pieces a family's model is composed of (cevae style).
+
+A block is one per-cell latent site ``"z_<name>"`` with its **prior** (a small module that
+returns :math:`p(z \mid u)` for covariate features :math:`u`) and its **encoder** (the guide's
+:math:`q(z \mid x, c)`). A model with blocks ``z_inv`` and ``z_spur`` (inVAE) or ``z_x``,
+``z_t``, ``z_tx`` (FCR) samples each block in the cells plate and decodes their concatenation;
+a new prior is a new small class, not a rewritten ``model``. See the guide "Writing a model".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import sites
+from ..data import CellBatch
+from ..nn import MLP, GaussianEncoder
+
+__all__ = ["NormalPrior", "ConditionalNormalPrior", "LatentBlock"]
+
+PRIOR_MODES = ("variance", "mean", "both")
+
+
+class NormalPrior(nn.Module):
+    """:math:`p(z) = \\mathcal{N}(0, I)`: a block no covariate informs."""
+
+    def __init__(self, n_latent: int):
+        super().__init__()
+        self.n_latent = n_latent
+
+    def forward(self, covariates: torch.Tensor | None, n_cells: int,
+                like: torch.Tensor) -> dist.Distribution:
+        """The prior of ``n_cells`` cells, batch shape ``(n_cells,)``, event ``(n_latent,)``."""
+        zeros = like.new_zeros(n_cells, self.n_latent)
+        return dist.Normal(zeros, 1.0).to_event(1)
+
+
+class ConditionalNormalPrior(nn.Module):
+    r""":math:`p(z \mid u) = \mathcal{N}(\mu(u), \operatorname{diag}\sigma^2(u))`.
+
+    Parameters
+    ----------
+    n_covariates : int
+        Width of the feature vector :math:`u` (e.g. one-hot labels).
+    n_latent : int
+    hidden : sequence of int
+        Hidden layers of the network of :math:`u` (empty: a linear map, as an embedding).
+    mode : {"variance", "mean", "both"}
+        What the covariates set: the variance (mean 0; iVAE-style, inVAE's default), the mean
+        (unit variance), or both.
+    """
+
+    def __init__(self, n_covariates: int, n_latent: int, hidden: Sequence[int] = (),
+                 mode: str = "variance"):
+        super().__init__()
+        if mode not in PRIOR_MODES:
+            raise ValueError(f"mode={mode!r}; choose one of {PRIOR_MODES}")
+        if n_covariates < 1:
+            raise ValueError("a conditional prior needs covariates (n_covariates >= 1); use "
+                             "NormalPrior for a block no covariate informs")
+        self.mode, self.n_latent = mode, n_latent
+        self.net = MLP(n_covariates, 2 * n_latent, hidden)
+
+    def forward(self, covariates: torch.Tensor, n_cells: int,
+                like: torch.Tensor) -> dist.Distribution:
+        loc, raw_scale = self.net(covariates).split(self.n_latent, -1)
+        if self.mode == "variance":
+            loc = torch.zeros_like(loc)
+        scale = F.softplus(raw_scale) + 1e-4 if self.mode != "mean" else torch.ones_like(loc)
+        return dist.Normal(loc, scale).to_event(1)
+
+
+class LatentBlock(nn.Module):
+    """One per-cell latent block: site ``"z_<name>"``, its prior and its encoder.
+
+    Parameters
+    ----------
+    name : str
+        The site is ``sites.latent_site(name)`` (``"z_inv"`` for ``"inv"``).
+    n_genes, n_latent : int
+    prior : nn.Module
+        ``prior(covariates, n_cells, like) -> Distribution`` (:class:`NormalPrior`,
+        :class:`ConditionalNormalPrior` or your own).
+    n_encoder_covariates : int
+        Width of the features the encoder sees besides the counts.
+    hidden : sequence of int
+    """
+
+    def __init__(self, name: str, n_genes: int, n_latent: int, prior: nn.Module, *,
+                 n_encoder_covariates: int = 0, hidden: Sequence[int] = (128,),
+                 dropout: float = 0.0, norm: str | None = None):
+        super().__init__()
+        self.name, self.site, self.n_latent = name, sites.latent_site(name), n_latent
+        self.prior = prior
+        self.encoder = GaussianEncoder(n_genes, n_latent, hidden,
+                                       n_covariates=n_encoder_covariates, dropout=dropout,
+                                       norm=norm)
+
+    def model(self, batch: CellBatch, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample the block from its prior (call inside the cells plate)."""
+        prior = self.prior(covariates, len(batch), batch.library)
+        return pyro.sample(self.site, prior)
+
+    def guide(self, batch: CellBatch, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample the block from the encoder (call inside the cells plate)."""
+        loc, scale = self.encoder(batch.counts, covariates)
+        return pyro.sample(self.site, dist.Normal(loc, scale).to_event(1))
