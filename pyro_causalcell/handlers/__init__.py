@@ -2,7 +2,7 @@
 exogenous noise (abduction and replay, for counterfactuals)."""
 
 from .exogenous_noise import (AbductionMessenger, Noise, NoiseReplayMessenger, abduct,
-                              predict)
+                              predict, register_noise_family)
 from .latent_scale import LatentScaleMessenger, scale_latents
 from .penalties import PenaltyMessenger, block_penalties
 from .stochastic_intervention import (CoordinateMixture, StochasticInterventionMessenger,
@@ -11,4 +11,5 @@ from .stochastic_intervention import (CoordinateMixture, StochasticInterventionM
 __all__ = ["LatentScaleMessenger", "scale_latents", "StochasticInterventionMessenger",
            "stochastic_intervention", "intervene_on_coordinates", "CoordinateMixture",
            "AbductionMessenger", "NoiseReplayMessenger", "Noise", "abduct", "predict",
+           "register_noise_family",
            "PenaltyMessenger", "block_penalties"]

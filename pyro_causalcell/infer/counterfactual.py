@@ -18,6 +18,8 @@ without abduction: latents are drawn from the intervened mechanisms.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 
 import anndata as ad
@@ -151,19 +153,29 @@ def _without(trace, names) -> poutine.Trace:
     return kept
 
 
-def _check_sites(model, batch: CellBatch, do: dict) -> None:
-    names = list(sample_sites(poutine.trace(model.model).get_trace(batch)))
+def _check_sites(model, batch: CellBatch, do: dict) -> poutine.Trace:
+    """The model's factual trace of ``batch``, after checking that every ``do`` site exists."""
+    trace = poutine.trace(model.model).get_trace(batch)
+    names = list(sample_sites(trace))
     missing = [name for name in do if name not in names]
     if missing:
         raise ValueError(f"do={{{missing[0]!r}: ...}}: the model has no sample site "
                          f"{missing[0]!r}; its sample sites are {names}")
+    return trace
 
 
-def _predict(model, batch: CellBatch, values: dict, guide_trace, noise, output: str):
-    """One run of the intervened model with the guide's globals (and, if given, the noise)."""
+def _predict(model, batch: CellBatch, values: dict, guide_trace, noise, output: str,
+             interventions: Sequence = ()):
+    """One run of the intervened model with the guide's globals (and, if given, the noise).
+
+    ``interventions`` (messengers, e.g. soft interventions on latents) act inside the noise
+    replay, so a replaced mechanism is driven by the cell's own abducted noise.
+    """
     cell_sites = per_cell_latent_sites(guide_trace)
     program = poutine.replay(pyro.do(model.model, data=values),
                              trace=_without(guide_trace, cell_sites))
+    for messenger in interventions:
+        program = messenger(program)
     if output == sites.COUNTS:
         batch = replace(batch, counts=None)
     with NoiseReplayMessenger(noise or {}):
@@ -171,9 +183,35 @@ def _predict(model, batch: CellBatch, values: dict, guide_trace, noise, output: 
     return trace.nodes[output]["value"]
 
 
+def _warn_if_nothing_changed(model, batch, rows: dict, factual_trace, guide_trace, noise,
+                             output: str, draw: torch.Tensor) -> None:
+    """Warn when ``do`` changed a covariate for some cells but not the output of any."""
+    changed = [site for site, value in rows.items()
+               if not torch.equal(value.to(factual_trace.nodes[site]["value"].dtype),
+                                  factual_trace.nodes[site]["value"])]
+    if not changed or output != sites.EXPRESSION:
+        return
+    factual = _predict(model, batch, {}, guide_trace, noise, output)
+    if torch.equal(factual, draw):
+        warnings.warn(
+            f"do({', '.join(changed)}) changed the covariate for some cells but nothing "
+            "downstream of it: either the model has no effect of it, or it ignores the site's "
+            "value. A model must use the value the site returns (e.g. domain = "
+            f"pyro.sample('domain', ..., obs=batch.domain)), not batch.{changed[0]}.",
+            UserWarning, stacklevel=4)
+
+
 def _abduct(model, batch: CellBatch):
     guide_trace = poutine.trace(model.guide).get_trace(batch)
-    abduction = AbductionMessenger(per_cell_latent_sites(guide_trace))
+    latents = per_cell_latent_sites(guide_trace)
+    if not latents:
+        raise ValueError(
+            f"the guide has no latent sample site inside pyro.plate({sites.CELLS!r}, ...); "
+            f"its sites are {list(sample_sites(guide_trace))}. A counterfactual abducts each "
+            "cell's latents: put per-cell sites inside the 'cells' plate (e.g. "
+            "pyro_causalcell.models.components.cells_plate(batch)), or use interventional() "
+            "for a population-level answer.")
+    abduction = AbductionMessenger(latents)
     with abduction:
         poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
     return guide_trace, abduction.noise
@@ -188,18 +226,21 @@ def _as_data(model, data) -> tuple[CellData, pd.DataFrame]:
     return data, pd.DataFrame(index=pd.Index(data.obs_names, name=None))
 
 
-def _describe(do: dict) -> str:
-    return ", ".join(f"{k}={v if not isinstance(v, torch.Tensor) else 'tensor'}"
-                     for k, v in do.items())
+def _describe(do: dict, interventions: Sequence) -> str:
+    parts = [f"{k}={v if not isinstance(v, torch.Tensor) else 'tensor'}" for k, v in do.items()]
+    parts += [f"{type(m).__name__}({getattr(m, 'site', '')})" for m in interventions]
+    return ", ".join(parts)
 
 
-def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: int, seed: int,
-           abduction: bool, kind: str, n_cells: int | None = None) -> ad.AnnData:
+def _query(model, data, do: dict | None, *, n_samples: int, output: str, batch_size: int,
+           seed: int, abduction: bool, kind: str, n_cells: int | None = None,
+           interventions: Sequence = ()) -> ad.AnnData:
     if output not in OUTPUTS:
         raise ValueError(f"output={output!r}; choose one of {OUTPUTS}")
-    if not do:
+    do, interventions = dict(do or {}), list(interventions)
+    if not do and not interventions:
         raise ValueError("do is empty: name at least one covariate site, e.g. "
-                         "do={'perturbation': 'STAT1'}")
+                         "do={'perturbation': 'STAT1'}, or pass interventions=[...]")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if batch_size < 1:
@@ -217,7 +258,8 @@ def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: in
     n_rows = data.n_cells if indices is None else len(indices)
     means, sds = [], []
     with evaluation(model), torch.no_grad(), seeded(seed, device):
-        _check_sites(model, next(data.batches(batch_size, indices)).to(device), do)
+        factual_trace = _check_sites(model, next(data.batches(batch_size, indices)).to(device),
+                                     do)
         # every cell's value, checked once; each minibatch takes its rows
         values = {site: intervention_tensor(model.schema, site, value, n_rows, device)
                   for site, value in do.items()}
@@ -225,27 +267,33 @@ def _query(model, data, do: dict, *, n_samples: int, output: str, batch_size: in
         for batch in data.batches(batch_size, indices):
             batch = batch.to(device)
             rows = {site: value[start:start + len(batch)] for site, value in values.items()}
-            start += len(batch)
             draws = []
             for _ in range(n_samples):
                 if abduction:
                     guide_trace, noise = _abduct(model, batch)
                 else:
                     guide_trace, noise = poutine.trace(model.guide).get_trace(batch), None
-                draws.append(_predict(model, batch, rows, guide_trace, noise, output))
+                draws.append(_predict(model, batch, rows, guide_trace, noise, output,
+                                      interventions))
+                if start == 0 and len(draws) == 1 and not interventions:
+                    _warn_if_nothing_changed(model, batch, rows, factual_trace, guide_trace,
+                                             noise, output, draws[0])
+            start += len(batch)
             draws = torch.stack(draws)
             means.append(draws.mean(0).cpu())
             sds.append(draws.std(0, unbiased=False).cpu())
-    obs["intervention"] = f"do({_describe(do)})"
+    obs["intervention"] = f"do({_describe(do, interventions)})"
     result = ad.AnnData(X=torch.cat(means).numpy().astype(np.float32), obs=obs,
                         var=pd.DataFrame(index=list(model.schema.genes)))
     result.layers["sd"] = torch.cat(sds).numpy().astype(np.float32)
     result.uns[kind] = {"do": {k: str(v) for k, v in do.items()}, "n_samples": n_samples,
-                        "output": output, "seed": seed}
+                        "output": output, "seed": seed,
+                        "interventions": [type(m).__name__ for m in interventions]}
     return result
 
 
-def counterfactual(model, data: CellData | ad.AnnData, do: dict, *, n_samples: int = 20,
+def counterfactual(model, data: CellData | ad.AnnData, do: dict | None = None, *,
+                   interventions: Sequence = (), n_samples: int = 20,
                    output: str = sites.EXPRESSION, batch_size: int = 512,
                    seed: int = 0) -> ad.AnnData:
     """What the cells of ``data`` would look like under the intervention ``do``.
@@ -263,11 +311,19 @@ def counterfactual(model, data: CellData | ad.AnnData, do: dict, *, n_samples: i
     do : dict
         Covariate site -> new value for every cell: ``{"perturbation": "STAT1"}`` (``"A+B"``
         for a combination, the control value for none), ``{"domain": "batch2"}``,
-        ``{"label": ...}``, ``{"dose": 1.0}``, or tensors with one row per cell.
+        ``{"label": ...}``, ``{"dose": 1.0}``, a named covariate, or tensors with one row per
+        cell.
+    interventions : sequence of poutine messengers
+        Further interventions applied in the action step, e.g. a soft intervention that
+        replaces the mechanism of chosen latents
+        (:class:`~pyro_causalcell.handlers.StochasticInterventionMessenger`); the replaced
+        mechanism is driven by each cell's abducted noise.
     n_samples : int
         Posterior draws averaged per cell.
     output : {"expression", "counts"}
-        Expected counts (``"expression"``) or counts sampled from the likelihood.
+        Expected counts (``"expression"``), or counts sampled from the likelihood: the
+        latents keep the cell's abducted noise, but the count noise is drawn afresh (as ChiRho
+        does), because the count likelihoods have no invertible noise form.
     batch_size, seed : int
 
     Returns
@@ -280,15 +336,32 @@ def counterfactual(model, data: CellData | ad.AnnData, do: dict, *, n_samples: i
     Raises
     ------
     ValueError
-        Unknown category, a site the model lacks, an empty ``do``, a bad ``output``.
+        Unknown category, a site the model lacks, nothing to intervene on, a bad ``output``,
+        or a guide without per-cell latents in the ``"cells"`` plate.
     NotImplementedError
-        A per-cell latent whose mechanism has no exogenous-noise form.
+        A per-cell latent whose mechanism has no registered exogenous-noise form
+        (:func:`~pyro_causalcell.handlers.register_noise_family`).
+
+    Warns
+    -----
+    UserWarning
+        ``do`` changed a covariate for some cells but not the expression of any: the model
+        reads ``batch.<covariate>`` instead of the value the covariate site returns.
+
+    Notes
+    -----
+    What a model must do for the answer to be a counterfactual: per-cell latents in the
+    ``"cells"`` plate with a noise form (location-scale families), covariates as observed
+    sample sites whose *returned* values are used downstream, and the same site names in
+    model and guide.
     """
     return _query(model, data, do, n_samples=n_samples, output=output, batch_size=batch_size,
-                  seed=seed, abduction=True, kind="counterfactual")
+                  seed=seed, abduction=True, kind="counterfactual",
+                  interventions=interventions)
 
 
-def interventional(model, data: CellData | ad.AnnData, do: dict, *, n_cells: int | None = None,
+def interventional(model, data: CellData | ad.AnnData, do: dict | None = None, *,
+                   interventions: Sequence = (), n_cells: int | None = None,
                    n_samples: int = 1, output: str = sites.EXPRESSION, batch_size: int = 512,
                    seed: int = 0) -> ad.AnnData:
     """Cells drawn from the model under ``do``, without abduction (population level).
@@ -300,7 +373,8 @@ def interventional(model, data: CellData | ad.AnnData, do: dict, *, n_cells: int
     result as in :func:`counterfactual` (``uns["interventional"]``).
     """
     return _query(model, data, do, n_samples=n_samples, output=output, batch_size=batch_size,
-                  seed=seed, abduction=False, kind="interventional", n_cells=n_cells)
+                  seed=seed, abduction=False, kind="interventional", n_cells=n_cells,
+                  interventions=interventions)
 
 
 __all__ = ["counterfactual", "interventional", "intervention_tensor", "check_intervention_tensor"]

@@ -297,7 +297,9 @@ def domain_model():
     adata = cell_types(n_cells=40, n_genes=20, n_cell_types=2, n_batches=2, seed=0)
     data = CellData.from_anndata(adata, domain_key="batch")
     torch.manual_seed(0)
-    return DomainOffsetVAE(data.schema), data
+    model = DomainOffsetVAE(data.schema)
+    torch.nn.init.normal_(model.offset)  # an untrained model whose domain matters
+    return model, data
 
 
 @pytest.mark.parametrize("value, message", [
@@ -390,3 +392,66 @@ def test_importance_weighted_elbo_conditions_on_named_covariates(covariate_model
     qc = data.covariates["qc"]
     expected = np.log(0.5) + dist.Normal(0.0, 1.0).log_prob(qc).numpy()
     np.testing.assert_allclose(scored - default, expected, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- the open engine
+def test_a_soft_intervention_gets_a_counterfactual_answer(scm):
+    """Replace z's mechanism by N(m, SZ): z_cf = m + SZ * eps = z + m - A t (closed form)."""
+    from pyro_causalcell.handlers import StochasticInterventionMessenger
+
+    model, data, adata = scm
+    m = 2.0
+    soft = StochasticInterventionMessenger("z", dist.Normal(torch.full((1,), m), SZ).to_event(1),
+                                           torch.ones(1))
+    result = counterfactual(model, adata, interventions=[soft], n_samples=4000, seed=5)
+    mean, sd = model.posterior(torch.as_tensor(data.dense_counts()), data.dose)
+    expected = (mean + m - A * data.dose)[:, None] * B + data.dose[:, None] * C
+    tolerance = 5 * (sd * B.abs()).expand(4, 3) / np.sqrt(4000)
+    assert np.all(np.abs(result.X - expected.numpy()) < tolerance.numpy())
+    assert result.obs["intervention"].iloc[0] == "do(StochasticInterventionMessenger(z))"
+    with pytest.raises(ValueError, match="or pass interventions"):
+        counterfactual(model, adata)
+
+
+class WrongPlate(nn.Module):
+    """The per-cell latent sits in a plate called 'cell', not 'cells'."""
+
+    def __init__(self, schema):
+        super().__init__()
+        self.schema = schema
+
+    def model(self, batch):
+        with pyro.plate("cell", len(batch)):
+            t = pyro.sample("dose", dist.Normal(0.0, 3.0), obs=batch.dose)
+            z = pyro.sample("z", dist.Normal(A * t, SZ))
+            pyro.deterministic("expression", (z[:, None] * B), event_dim=1)
+
+    def guide(self, batch):
+        with pyro.plate("cell", len(batch)):
+            pyro.sample("z", dist.Normal(torch.zeros(len(batch)), 1.0))
+
+
+def test_a_latent_outside_the_cells_plate_is_refused(scm):
+    _, data, _ = scm
+    with pytest.raises(ValueError, match=r"the guide has no latent sample site inside "
+                                         r"pyro.plate\('cells', ...\); its sites are \['z'\]"):
+        counterfactual(WrongPlate(data.schema), data, {"dose": 1.0}, n_samples=1)
+
+
+class ReadsTheBatch(LinearGaussianSCM):
+    """Uses batch.dose downstream instead of the value the dose site returns."""
+
+    def model(self, batch):
+        with cells_plate(batch):
+            pyro.sample("dose", dist.Normal(0.0, 3.0), obs=batch.dose)
+            t = batch.dose
+            z = pyro.sample("z", dist.Normal((A * t).unsqueeze(-1), SZ).to_event(1))
+            mean = pyro.deterministic("expression", z * B + t.unsqueeze(-1) * C, event_dim=1)
+            pyro.sample("counts", dist.Normal(mean, SX).to_event(1), obs=batch.counts)
+
+
+def test_an_intervention_that_changes_nothing_downstream_warns(scm):
+    _, data, _ = scm
+    with pytest.warns(UserWarning, match=r"do\(dose\) changed the covariate for some cells but "
+                                         r"nothing downstream of it.*not batch\.dose"):
+        counterfactual(ReadsTheBatch(data.schema), data, {"dose": 3.0}, n_samples=2)
