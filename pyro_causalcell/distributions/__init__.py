@@ -1,8 +1,9 @@
 """Count likelihoods with fast, numerically stable ``log_prob``, and the latent shift mixture of
-perturbed cells."""
+perturbed cells, and the coordinate mixture of a soft intervention."""
 
+from .coordinate_mixture import CoordinateMixture
 from .negative_binomial import NegativeBinomial, ZeroInflatedNegativeBinomial
 from .shift_mixture import active_perturbations, shift_mixture
 
 __all__ = ["NegativeBinomial", "ZeroInflatedNegativeBinomial", "shift_mixture",
-           "active_perturbations"]
+           "active_perturbations", "CoordinateMixture"]

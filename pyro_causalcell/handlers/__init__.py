@@ -1,12 +1,13 @@
 """Poutine messengers: latent scaling (KL warm-up), penalty weights, stochastic interventions and
 exogenous noise (abduction and replay, for counterfactuals)."""
 
+from ..distributions import CoordinateMixture  # re-exported: it used to live here
 from .exogenous_noise import (AbductionMessenger, Noise, NoiseReplayMessenger, abduct,
                               predict, register_noise_family)
 from .latent_scale import LatentScaleMessenger, scale_latents
 from .penalties import PenaltyMessenger, block_penalties
-from .stochastic_intervention import (CoordinateMixture, StochasticInterventionMessenger,
-                                      intervene_on_coordinates, stochastic_intervention)
+from .stochastic_intervention import (StochasticInterventionMessenger, intervene_on_coordinates,
+                                      stochastic_intervention)
 
 __all__ = ["LatentScaleMessenger", "scale_latents", "StochasticInterventionMessenger",
            "stochastic_intervention", "intervene_on_coordinates", "CoordinateMixture",

@@ -12,7 +12,7 @@ function of its parents and an exogenous noise :math:`u`. For the families used 
   given that component (Oberst and Sontag, 2019), and :math:`\epsilon` of that component;
   prediction picks :math:`\arg\max_i (\ell'_i + g_i)` under the new weights, so an unchanged
   mechanism gives back the same value;
-- :class:`~pyro_causalcell.handlers.CoordinateMixture` (a stochastic intervention on some
+- :class:`~pyro_causalcell.distributions.CoordinateMixture` (a stochastic intervention on some
   coordinates): each coordinate uses the noise of the family that generates it;
 - **MultivariateNormal**: :math:`z = \mathrm{loc} + L\epsilon` with the Cholesky factor
   :math:`L`; **transformed** families: the noise of the base distribution of
@@ -33,7 +33,7 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 
-from .stochastic_intervention import CoordinateMixture
+from ..distributions import CoordinateMixture
 
 
 @dataclass
