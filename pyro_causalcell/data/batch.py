@@ -50,6 +50,20 @@ class CellBatch:
     def __len__(self) -> int:
         return self.counts.shape[0]
 
+    def repeat(self, times: int) -> "CellBatch":
+        """The batch stacked ``times`` times along cells (copy-major order), for vectorised
+        particles: row ``k * len(batch) + i`` is cell ``i`` of copy ``k``."""
+        if times == 1:
+            return self
+
+        def stack(value):
+            return None if value is None else value.repeat((times,) + (1,) * (value.dim() - 1))
+
+        tensors = {f.name: stack(getattr(self, f.name)) for f in fields(self)
+                   if f.name not in ("n_cells", "covariates")}
+        return CellBatch(n_cells=self.n_cells, **tensors,
+                         covariates={k: stack(v) for k, v in self.covariates.items()})
+
     def to(self, device: torch.device | str) -> "CellBatch":
         """Copy of the batch with every tensor on ``device``."""
         moved = {

@@ -15,7 +15,6 @@ beyond the model protocol (``model(batch)``, ``guide(batch)``, per-cell sites in
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,20 +71,6 @@ def _per_cell_log_prob(site: dict, n_rows: int) -> torch.Tensor:
     shape[dim] = n_rows
     log_prob = log_prob.expand(shape).movedim(dim, 0)
     return log_prob.reshape(n_rows, -1).sum(1)
-
-
-def _replicate(batch: CellBatch, times: int) -> CellBatch:
-    """The batch stacked ``times`` times along cells (particle-major order)."""
-    if times == 1:
-        return batch
-
-    def stack(value):
-        return None if value is None else value.repeat((times,) + (1,) * (value.dim() - 1))
-
-    fields = {f.name: stack(getattr(batch, f.name)) for f in dataclasses.fields(batch)
-              if f.name not in ("n_cells", "covariates")}
-    covariates = {name: stack(value) for name, value in batch.covariates.items()}
-    return CellBatch(n_cells=batch.n_cells, covariates=covariates, **fields)
 
 
 def _log_weights(model, batch: CellBatch, exclude: Sequence[str]) -> torch.Tensor:
@@ -212,7 +197,7 @@ def importance_weighted_elbo(model, data: CellData, n_samples: int = 100, *,
             chunks = []
             for start in range(0, n_samples, per_pass):
                 times = min(per_pass, n_samples - start)
-                weights = _log_weights(model, _replicate(batch, times), exclude_sites)
+                weights = _log_weights(model, batch.repeat(times), exclude_sites)
                 chunks.append(weights.reshape(times, len(batch)).double())
             log_w = torch.cat(chunks)
             results.append(torch.logsumexp(log_w, 0) - np.log(n_samples))

@@ -455,3 +455,30 @@ def test_an_intervention_that_changes_nothing_downstream_warns(scm):
     with pytest.warns(UserWarning, match=r"do\(dose\) changed the covariate for some cells but "
                                          r"nothing downstream of it.*not batch\.dose"):
         counterfactual(ReadsTheBatch(data.schema), data, {"dose": 3.0}, n_samples=2)
+
+
+def test_vectorised_particles_agree_with_one_draw_per_pass(scm):
+    model, data, _ = scm
+    looped = counterfactual(model, data, {"dose": 2.0}, n_samples=3000, particles_per_pass=1,
+                            seed=7)
+    stacked = counterfactual(model, data, {"dose": 2.0}, n_samples=3000, seed=7)
+    _, sd = model.posterior(torch.as_tensor(data.dense_counts()), data.dose)
+    tolerance = 5 * np.sqrt(2) * (sd * B.abs()).expand(4, 3).numpy() / np.sqrt(3000)
+    assert np.all(np.abs(looped.X - stacked.X) < tolerance)
+    np.testing.assert_allclose(looped.layers["sd"], stacked.layers["sd"], rtol=0.08)
+    with pytest.raises(ValueError, match="particles_per_pass must be >= 1, got 0"):
+        counterfactual(model, data, {"dose": 2.0}, n_samples=2, particles_per_pass=0)
+
+
+def test_models_with_global_latents_draw_them_once_per_pass(simulated_svae, scm):
+    from pyro_causalcell.infer.counterfactual import _particles_per_pass
+
+    model, adata, _ = simulated_svae
+    batch = CellData.from_anndata(adata[:8].copy(), schema=model.schema).batch(torch.arange(8))
+    assert _particles_per_pass(model, batch, None, 20) == 1  # shift, target_probability
+    assert _particles_per_pass(model, batch, 5, 20) == 5
+    scm_model, scm_data, _ = scm
+    assert _particles_per_pass(scm_model, scm_data.batch(torch.arange(4)), None, 20) == 20
+    big = CellData.from_anndata(adata, schema=model.schema).batch(torch.arange(512))
+    from pyro_causalcell import VAE
+    assert _particles_per_pass(VAE(model.schema), big, None, 20) == 8  # 4096 rows a pass
