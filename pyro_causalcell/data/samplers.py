@@ -90,8 +90,23 @@ class RandomSampler:
         return "RandomSampler()"
 
 
-class BalancedSampler:
-    """Every batch holds (about) the same number of cells of each group of ``covariate``.
+class _GroupedSampler:
+    """A sampler defined by the groups of some covariates (see :func:`group_codes`)."""
+
+    def __init__(self, covariates: str | Sequence[str]):
+        self.covariates = covariates
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.covariates!r})"
+
+    def _members(self, data: CellData, indices: torch.Tensor) -> list[torch.Tensor]:
+        """The positions in ``indices`` of each group's cells, one tensor per group."""
+        groups = group_codes(data, self.covariates).to(data.device).index_select(0, indices)
+        return [indices[groups == g] for g in torch.unique(groups)]
+
+
+class BalancedSampler(_GroupedSampler):
+    """Every batch holds (about) the same number of cells of each group of ``covariates``.
 
     An epoch has ``ceil(n / batch_size)`` batches; each draws ``batch_size / n_groups`` cells
     of every group without replacement within the epoch (a small group is reshuffled and reused
@@ -101,25 +116,18 @@ class BalancedSampler:
 
     Parameters
     ----------
-    covariate : str or sequence of str
+    covariates : str or sequence of str
         What defines the groups (see :func:`group_codes`), e.g. ``"domain"`` for multiGroupVI.
     """
-
-    def __init__(self, covariate: str | Sequence[str]):
-        self.covariate = covariate
-
-    def __repr__(self) -> str:
-        return f"BalancedSampler({self.covariate!r})"
 
     def batches(self, data: CellData, indices: torch.Tensor, batch_size: int,
                 generator: torch.Generator) -> Iterator[CellBatch]:
         indices = indices.to(data.device)
-        groups = group_codes(data, self.covariate).to(data.device).index_select(0, indices)
-        members = [indices[groups == g] for g in torch.unique(groups)]
+        members = self._members(data, indices)
         n, n_groups = len(indices), len(members)
         if batch_size < n_groups:
             raise ValueError(f"batch_size={batch_size} is smaller than the {n_groups} groups of "
-                             f"{self.covariate!r}; every batch must hold each group")
+                             f"{self.covariates!r}; every batch must hold each group")
         weights = [torch.full((len(m),), n_groups * len(m) / n, device=data.device)
                    for m in members]
         queues = [_Queue(m, w, generator) for m, w in zip(members, weights)]
@@ -132,7 +140,7 @@ class BalancedSampler:
             yield replace(data.batch(index, n_cells=n), weight=weight)
 
 
-class WithinGroupSampler:
+class WithinGroupSampler(_GroupedSampler):
     """Batches drawn from one group at a time (e.g. one (cell line, treatment) pair), so
     within-batch permutations stay within the group; each cell once per epoch.
 
@@ -142,19 +150,11 @@ class WithinGroupSampler:
         What defines the groups (see :func:`group_codes`).
     """
 
-    def __init__(self, covariates: str | Sequence[str]):
-        self.covariates = covariates
-
-    def __repr__(self) -> str:
-        return f"WithinGroupSampler({self.covariates!r})"
-
     def batches(self, data: CellData, indices: torch.Tensor, batch_size: int,
                 generator: torch.Generator) -> Iterator[CellBatch]:
         indices = indices.to(data.device)
-        groups = group_codes(data, self.covariates).to(data.device).index_select(0, indices)
         chunks = []
-        for group in torch.unique(groups):
-            members = indices[groups == group]
+        for members in self._members(data, indices):
             members = members[torch.randperm(len(members), generator=generator).to(data.device)]
             chunks.extend(members.split(batch_size))
         for position in torch.randperm(len(chunks), generator=generator).tolist():
