@@ -19,7 +19,7 @@ from ..handlers import block_penalties
 from .device import place_data, resolve_device
 from .history import TrainingHistory
 from .protocol import check_schema, evaluation, non_finite_parameters, seeded
-from .steps import Adversary, StepResult, TrainingStep, Weight, make_adam, only_training
+from .steps import Adversary, StepResult, TrainingStep, Weight, only_training, warmup
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -45,10 +45,6 @@ def split_cells(n_cells: int, validation_fraction: float, generator: torch.Gener
     order = torch.randperm(n_cells, generator=generator)
     n_validation = int(round(validation_fraction * n_cells))
     return order[n_validation:], order[:n_validation]
-
-
-def _kl_weight(epoch: int, warmup_epochs: int) -> float:
-    return 1.0 if warmup_epochs <= 0 else min(1.0, (epoch + 1) / warmup_epochs)
 
 
 class EpochSums:
@@ -219,6 +215,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         start = time.perf_counter()
         n_train = len(train_index)
         bar = tqdm(range(max_epochs), disable=not progress, desc="fit", unit="epoch")
+        kl_weight = warmup(max(kl_warmup_epochs, 0))
         model.train(not eval_mode)
         trained = [*step.parameters, *(p for a in adversaries for p in a.module.parameters())]
         frozen = only_training(model, None if parameters is None else trained)
@@ -227,7 +224,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
             warnings.filterwarnings("ignore", message=".*not registered in the param store "
                                     "because requires_grad=False")
             for epoch in bar:
-                weight = _kl_weight(epoch, kl_warmup_epochs)
+                weight = kl_weight(epoch)
                 step.start_epoch(epoch, weight)
                 last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(step.state_dict()))
                 sums = EpochSums()

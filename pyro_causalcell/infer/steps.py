@@ -158,6 +158,9 @@ class TrainingStep:
         excluded = {id(p) for a in self.adversaries for p in a.module.parameters()}
         chosen = model.parameters() if parameters is None else parameters
         self.parameters = [p for p in chosen if id(p) not in excluded]
+        if not self.parameters:
+            raise ValueError("no parameters to train: the model has none outside its "
+                             "adversaries, or parameters=[] was given")
         self.optimizer = make_adam(self.parameters, lr, weight_decay, adam_eps)
         self.adversary_optimizers = {a.name: make_adam(a.module.parameters(), a.lr, eps=adam_eps)
                                      for a in self.adversaries}

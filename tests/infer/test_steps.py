@@ -153,3 +153,5 @@ def test_adversary_names_must_be_distinct(data):
     twice = [Adversary("critic", model.critic, model.critic_loss)] * 2
     with pytest.raises(ValueError, match="adversary names must be distinct"):
         TrainingStep(model, elbo=Trace_ELBO(), lr=1e-3, adversaries=twice)
+    with pytest.raises(ValueError, match="no parameters to train"):
+        fit(model, data, max_epochs=1, progress=False, parameters=[])
