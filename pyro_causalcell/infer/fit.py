@@ -6,7 +6,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pyro
 import torch
@@ -113,7 +113,8 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         stratify: str | Sequence[str] | None = None,
         parameters: Iterable[torch.nn.Parameter] | None = None,
         adversaries: Iterable[Adversary] = (),
-        penalty_weights: dict[str, Weight] | None = None) -> TrainingHistory:
+        penalty_weights: dict[str, Weight] | None = None,
+        monitor: Callable | None = None) -> TrainingHistory:
     """Fit a model by minibatch stochastic variational inference.
 
     Parameters
@@ -132,8 +133,8 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
     validation_fraction : float
         Fraction of cells held out to compute the validation ELBO after each epoch.
     early_stopping : bool
-        Stop when the validation ELBO has not improved for ``patience`` epochs, and keep the
-        parameters of the best epoch.
+        Stop when the validation ELBO (or ``monitor``) has not improved for ``patience``
+        epochs, and keep the parameters of the best epoch.
     patience : int
     device : {"auto", "cpu", "cuda"} or torch.device
         Where to train; data that fits on the device is moved there once.
@@ -171,6 +172,10 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
     penalty_weights : dict of str -> float or callable(epoch)
         Weight of each named ``pyro.factor`` site of the model, fixed or a schedule such as
         :func:`~pyro_causalcell.infer.steps.warmup`.
+    monitor : callable, ``monitor(model, data, validation_index) -> float``, optional
+        A score to watch instead of the validation ELBO (higher is better), e.g. a held-out
+        classifier accuracy; computed after each epoch in evaluation mode and recorded in
+        ``history.monitored``.
 
     Returns
     -------
@@ -252,6 +257,10 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
                                                           epoch, "validation", lr))
                     history.validation_elbo.append(score)
                     postfix["val"] = f"{score:.4g}"
+                    if monitor is not None:
+                        with evaluation(model), torch.no_grad():
+                            score = float(monitor(model, data, validation_index))
+                        history.monitored.append(score)
                     if early_stopping:
                         if score > best[0]:
                             best = (score, copy.deepcopy(model.state_dict()))

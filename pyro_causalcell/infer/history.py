@@ -25,6 +25,8 @@ class TrainingHistory:
         objective (negative for a penalty); only for models that have them.
     adversary_loss : dict of str -> list of float
         Mean loss of each adversary in each epoch it trained.
+    monitored : list of float
+        The ``monitor`` score of each epoch (when ``fit`` was given one).
     best_epoch : int or None
         Epoch (0-based) whose parameters were kept by early stopping.
     stopped_early : bool
@@ -37,6 +39,7 @@ class TrainingHistory:
     kl_weight: list[float] = field(default_factory=list)
     penalties: dict[str, list[float]] = field(default_factory=dict)
     adversary_loss: dict[str, list[float]] = field(default_factory=dict)
+    monitored: list[float] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
     seconds: float = 0.0
@@ -57,4 +60,6 @@ class TrainingHistory:
                    "validation_elbo": padded(self.validation_elbo), "kl_weight": self.kl_weight}
         columns.update({f"penalty_{k}": padded(v) for k, v in self.penalties.items()})
         columns.update({f"adversary_{k}": padded(v) for k, v in self.adversary_loss.items()})
+        if self.monitored:
+            columns["monitored"] = padded(self.monitored)
         return pd.DataFrame(columns)

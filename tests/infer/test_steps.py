@@ -155,3 +155,21 @@ def test_adversary_names_must_be_distinct(data):
         TrainingStep(model, elbo=Trace_ELBO(), lr=1e-3, adversaries=twice)
     with pytest.raises(ValueError, match="no parameters to train"):
         fit(model, data, max_epochs=1, progress=False, parameters=[])
+
+
+def test_early_stopping_can_watch_a_named_score(data):
+    scores = iter([0.1, 0.5, 0.4, 0.3, 0.2, 0.9, 0.9])
+    seen_modes = []
+
+    def monitor(model, cells, validation_index):
+        seen_modes.append(model.training)
+        assert len(validation_index) == round(0.1 * cells.n_cells)
+        return next(scores)
+
+    history = fit(new_model(data), data, max_epochs=7, early_stopping=True, patience=2,
+                  monitor=monitor, progress=False, device="cpu",
+                  penalty_weights={"fool_critic": 0.0})
+    assert history.monitored == [0.1, 0.5, 0.4, 0.3]  # stopped: two epochs without a better one
+    assert history.best_epoch == 1 and history.stopped_early
+    assert seen_modes == [False] * 4  # evaluated in evaluation mode
+    assert history.to_dataframe()["monitored"].tolist() == [0.1, 0.5, 0.4, 0.3]
