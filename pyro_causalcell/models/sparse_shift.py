@@ -17,7 +17,9 @@ act on expression only through its targets.
   :math:`\lambda \sum_{pk} \pi_{pk}` on the expected number of targets;
 - ``"svae+"``: spike and slab, :math:`\pi_{pk} \sim \mathrm{Beta}(1, \lambda)`.
 
-Global sites in ``pyro.plate("perturbations", P)``: ``"shift"`` :math:`\delta` (Normal prior,
+Each sparsity is a perturbation-prior object (:mod:`~pyro_causalcell.models.shift_priors`)
+held as ``model.shifts``: ``None`` for the VAE, :class:`DenseShifts` for iVAE,
+:class:`SparseShifts` for sVAE / sVAE+. Global sites in ``pyro.plate("perturbations", P)``: ``"shift"`` :math:`\delta` (Normal prior,
 Normal guide) and, for sVAE / sVAE+, ``"target_probability"`` :math:`\pi` (Beta guide), so a fit
 gives a posterior over targets (:func:`target_probabilities`, and credible intervals from
 :func:`~pyro_causalcell.infer.global_posterior`).
@@ -25,7 +27,6 @@ gives a posterior over targets (:func:`target_probabilities`, and credible inter
 
 from __future__ import annotations
 
-import math
 import uuid
 
 import numpy as np
@@ -33,16 +34,15 @@ import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import sites
 from ..data import CellBatch, CellSchema
-from ..distributions import shift_mixture
 from ..handlers import StochasticInterventionMessenger
-from .components import append_rows, observe_perturbation
-from .vae import VAE
+from .components import observe_perturbation
 from .registry import register_model
+from .shift_priors import DenseShifts, SparseShifts
+from .vae import VAE
 
 SPARSITY = ("vae", "ivae", "svae", "svae+")
 
@@ -101,16 +101,12 @@ class SparseShiftVAE(VAE):
         self.sparsity = sparsity
         self.sparsity_weight = sparsity_weight
         self.shift_prior_scale = shift_prior_scale
-        shape = (schema.n_perturbations, n_latent)
-        for name, fill in self._initial.items():
-            setattr(self, name, nn.Parameter(torch.full(shape, fill)))
+        make_prior = SHIFT_PRIORS[sparsity]
+        self.shifts = None if make_prior is None else make_prior(
+            schema.n_perturbations, n_latent, shift_prior_scale, sparsity_weight)
         self.pyro_name = f"sparse_shift_{uuid.uuid4().hex[:8]}"
-
-    #: initial value of each per-perturbation table (rows: perturbations, columns: latents):
-    #: shifts at 0 with a small guide scale; target probabilities at 1/2 with Beta
-    #: concentration 10
-    _initial = {"shift_loc": 0.0, "shift_raw_scale": -3.0, "target_logit": 0.0,
-                "target_log_concentration": math.log(10.0)}
+        self._register_load_state_dict_pre_hook(_tables_saved_before_shift_priors,
+                                                with_module=True)
 
     def perturbation_parameters(self) -> dict[str, nn.Parameter]:
         """The per-perturbation tables, each ``(n_perturbations, n_latent)``, by name.
@@ -118,71 +114,74 @@ class SparseShiftVAE(VAE):
         Row ``p`` belongs to ``schema.perturbations[p]``; these are what
         :func:`~pyro_causalcell.infer.transfer` learns for new perturbations.
         """
-        if self.sparsity == "vae":
-            return {}
-        names = ("shift_loc", "shift_raw_scale")
-        if self.has_targets:
-            names += ("target_logit", "target_log_concentration")
-        return {name: getattr(self, name) for name in names}
+        return {} if self.shifts is None else self.shifts.tables()
 
     def add_perturbations(self, names) -> None:
         """Make room for new perturbations: extend the schema and every per-perturbation table.
 
-        New rows start at the constructor's initial values; known rows are unchanged.
+        New rows start at the prior's initial values; known rows are unchanged.
         """
         self.schema = self.schema.with_perturbations(names)
-        n_new = len(self.schema.perturbations) - self.shift_loc.shape[0]
-        for name, fill in self._initial.items():
-            setattr(self, name, append_rows(getattr(self, name), n_new, fill))
+        if self.shifts is not None:
+            self.shifts.add(len(self.schema.perturbations) - self.shifts.shift_loc.shape[0])
 
     @property
     def has_targets(self) -> bool:
         """Whether target probabilities are learned (sVAE, sVAE+)."""
-        return self.sparsity in ("svae", "svae+")
+        return self.shifts is not None and self.shifts.has_targets
 
     def target_posterior(self) -> dist.Beta:
         r"""The guide's ``Beta`` over :math:`\pi`, batch shape ``(P, K)``."""
-        mean = torch.sigmoid(self.target_logit).clamp(1e-4, 1 - 1e-4)
-        concentration = self.target_log_concentration.exp()
-        return dist.Beta(concentration * mean, concentration * (1 - mean))
+        return self.shifts.target_posterior()
 
     def model_globals(self, batch: CellBatch) -> dict:
-        if self.sparsity == "vae":
-            return {}
-        zeros = self.shift_loc.new_zeros(self.n_latent)
-        with pyro.plate(sites.PERTURBATIONS, self.schema.n_perturbations):
-            shift = pyro.sample("shift", dist.Normal(zeros, self.shift_prior_scale).to_event(1))
-            if not self.has_targets:
-                return {"shift": shift, "probability": torch.ones_like(shift)}
-            slab = self.sparsity_weight if self.sparsity == "svae+" else 1.0
-            probability = pyro.sample("target_probability", dist.Beta(
-                torch.ones_like(zeros), torch.full_like(zeros, slab)).to_event(1))
-        probability = probability.clamp(1e-6, 1 - 1e-6)
-        if self.sparsity == "svae":
-            pyro.factor("target_sparsity", -self.sparsity_weight * probability.sum())
-        return {"shift": shift, "probability": probability}
+        return {} if self.shifts is None else self.shifts.model_globals()
 
     def guide_globals(self, batch: CellBatch) -> None:
-        if self.sparsity == "vae":
-            return
-        with pyro.plate(sites.PERTURBATIONS, self.schema.n_perturbations):
-            scale = F.softplus(self.shift_raw_scale) + 1e-4
-            pyro.sample("shift", dist.Normal(self.shift_loc, scale).to_event(1))
-            if self.has_targets:
-                pyro.sample("target_probability", self.target_posterior().to_event(1))
+        if self.shifts is not None:
+            self.shifts.guide_globals()
 
     def latent_mechanisms(self, batch: CellBatch, globals_: dict):
-        """Latents of perturbed cells follow the shift mixture of their perturbations."""
-        if self.sparsity == "vae":
+        """Latents of perturbed cells follow the perturbation prior's mechanism."""
+        if self.shifts is None:
             return super().latent_mechanisms(batch, globals_)
         perturbation = observe_perturbation(batch)  # (cells, P), intervenable
-        shift, probability = globals_["shift"], globals_["probability"]
-        if self.has_targets:
-            mechanism = shift_mixture(perturbation, shift, probability).to_event(1)
-        else:
-            mechanism = dist.Normal(perturbation @ shift, 1.0).to_event(1)
-        perturbed = (perturbation.sum(-1, keepdim=True) > 0).to(shift.dtype)  # (cells, 1)
+        mechanism = self.shifts.mechanism(perturbation, globals_)
+        perturbed = (perturbation.sum(-1, keepdim=True) > 0).to(perturbation.dtype)
         return StochasticInterventionMessenger(sites.Z, mechanism, perturbed)
+
+
+def _table(name: str) -> property:
+    """``model.<name>``: the perturbation prior's table (``model.shift_loc`` ...)."""
+    def get(self) -> nn.Parameter:
+        if self.shifts is None or name not in self.shifts.tables():
+            raise AttributeError(name)  # e.g. target_logit of an iVAE
+        return getattr(self.shifts, name)
+    return property(get, doc=f"The ``{name}`` table of the perturbation prior.")
+
+
+for _name in SparseShifts.initial:
+    setattr(SparseShiftVAE, _name, _table(_name))
+del _name
+
+
+def _tables_saved_before_shift_priors(module, state_dict, prefix, *args) -> None:
+    """Load files written when the tables were the model's own parameters (``shift_loc``
+    instead of ``shifts.shift_loc``); tables the model's prior does not have are dropped."""
+    kept = module.perturbation_parameters()
+    for name in SparseShifts.initial:
+        value = state_dict.pop(prefix + name, None)
+        if value is not None and name in kept:
+            state_dict.setdefault(f"{prefix}shifts.{name}", value)
+
+
+#: sparsity -> perturbation prior (None: no perturbation prior, the plain VAE)
+SHIFT_PRIORS = {
+    "vae": None,
+    "ivae": lambda p, k, scale, weight: DenseShifts(p, k, scale),
+    "svae": lambda p, k, scale, weight: SparseShifts(p, k, scale, "l0", weight),
+    "svae+": lambda p, k, scale, weight: SparseShifts(p, k, scale, "beta", weight),
+}
 
 
 def target_probabilities(model: SparseShiftVAE) -> pd.DataFrame:
@@ -201,6 +200,6 @@ def target_probabilities(model: SparseShiftVAE) -> pd.DataFrame:
         with torch.no_grad():
             probabilities = model.target_posterior().mean.cpu().numpy()
     else:
-        probabilities = np.ones(tuple(model.shift_loc.shape))
+        probabilities = np.ones((model.schema.n_perturbations, model.n_latent))
     return pd.DataFrame(probabilities, index=list(model.schema.perturbations),
                         columns=[f"z{k}" for k in range(model.n_latent)])

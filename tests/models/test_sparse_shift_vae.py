@@ -127,3 +127,47 @@ def test_fit_trains_masks_and_shifts_and_round_trips(sim, tmp_path):
     assert restored.sparsity == "svae+" and restored.sparsity_weight == 5.0
     np.testing.assert_allclose(latent(restored, data), latent(model, data), rtol=1e-5, atol=1e-6)
     assert target_probabilities(restored).equals(target_probabilities(model))
+
+
+# ---------------------------------------------------------------------- perturbation priors
+def test_each_sparsity_is_a_perturbation_prior_object(sim):
+    from pyro_causalcell.models.shift_priors import DenseShifts, SparseShifts
+
+    _, data = sim
+    models = {s: SparseShiftVAE(data.schema, n_latent=3, n_hidden=8, sparsity=s)
+              for s in ("vae", "ivae", "svae", "svae+")}
+    assert models["vae"].shifts is None and models["vae"].perturbation_parameters() == {}
+    assert type(models["ivae"].shifts) is DenseShifts
+    assert (models["svae"].shifts.penalty, models["svae+"].shifts.penalty) == ("l0", "beta")
+    assert isinstance(models["svae+"].shifts, SparseShifts)
+    assert set(models["ivae"].perturbation_parameters()) == {"shift_loc", "shift_raw_scale"}
+    assert models["svae+"].shift_loc is models["svae+"].shifts.shift_loc
+    with pytest.raises(AttributeError, match="has no attribute 'target_logit'"):
+        models["ivae"].target_logit
+
+
+@pytest.mark.parametrize("sparsity", ["vae", "ivae", "svae+"])
+def test_files_with_the_former_table_names_still_load(sim, tmp_path, sparsity):
+    """Before the priors were objects, every model held all four tables as its own
+    parameters (``shift_loc``, not ``shifts.shift_loc``)."""
+    from pyro_causalcell.infer.serialization import checksum
+
+    _, data = sim
+    torch.manual_seed(0)
+    model = SparseShiftVAE(data.schema, n_latent=3, n_hidden=8, sparsity=sparsity)
+    with torch.no_grad():
+        for table in model.perturbation_parameters().values():
+            table.normal_()
+    path = save(model, tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    state = {k.removeprefix("shifts."): v for k, v in payload["state_dict"].items()}
+    shape = (data.schema.n_perturbations, 3)
+    for name in ("shift_loc", "shift_raw_scale", "target_logit", "target_log_concentration"):
+        state.setdefault(name, torch.zeros(shape))  # the unused tables of vae / ivae
+    payload["state_dict"] = state
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, path)
+    restored = load(path, data)
+    for name, table in model.perturbation_parameters().items():
+        assert torch.equal(restored.perturbation_parameters()[name], table), name
+    np.testing.assert_allclose(latent(restored, data), latent(model, data), rtol=1e-5, atol=1e-6)
