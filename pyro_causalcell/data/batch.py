@@ -48,7 +48,7 @@ class CellBatch:
     weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return self.counts.shape[0]
+        return self.library.shape[0]  # counts may be None (a query that samples them)
 
     def repeat(self, times: int) -> "CellBatch":
         """The batch stacked ``times`` times along cells (copy-major order), for vectorised

@@ -81,7 +81,8 @@ class LatentBlock(nn.Module):
     Parameters
     ----------
     name : str
-        The site is ``sites.latent_site(name)`` (``"z_inv"`` for ``"inv"``).
+        The block's name; its site is ``sites.latent_site(name)`` (``"z_inv"`` for ``"inv"``)
+        unless ``site`` is given.
     n_genes, n_latent : int
     prior : nn.Module
         ``prior(covariates, n_cells, like) -> Distribution`` (:class:`NormalPrior`,
@@ -89,13 +90,18 @@ class LatentBlock(nn.Module):
     n_encoder_covariates : int
         Width of the features the encoder sees besides the counts.
     hidden : sequence of int
+    dropout, norm
+        As in :class:`~pyro_causalcell.nn.GaussianEncoder`.
+    site : str, optional
+        The site name (a single-block model's ``"z"``).
     """
 
     def __init__(self, name: str, n_genes: int, n_latent: int, prior: nn.Module, *,
                  n_encoder_covariates: int = 0, hidden: Sequence[int] = (128,),
-                 dropout: float = 0.0, norm: str | None = None):
+                 dropout: float = 0.0, norm: str | None = None, site: str | None = None):
         super().__init__()
-        self.name, self.site, self.n_latent = name, sites.latent_site(name), n_latent
+        self.name, self.n_latent = name, n_latent
+        self.site = sites.latent_site(name) if site is None else site
         self.prior = prior
         self.encoder = GaussianEncoder(n_genes, n_latent, hidden,
                                        n_covariates=n_encoder_covariates, dropout=dropout,

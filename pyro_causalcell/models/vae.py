@@ -7,7 +7,6 @@ import math
 import uuid
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
@@ -15,6 +14,7 @@ from torch import nn
 from .. import sites
 from ..data import CellBatch, CellSchema
 from ..nn import CountDecoder, GaussianEncoder
+from .blocks import LatentBlock, NormalPrior
 from .components import (cells_plate, covariate_features, emit_counts, observe_covariates,
                          observe_domain, one_hot)
 from .registry import register_model
@@ -85,14 +85,20 @@ class VAE(nn.Module):
         self.n_covariates = (self.n_domains if self.use_domain else 0) + (
             sum(c.n_features for c in schema.covariates) if self.use_covariates else 0)
         hidden = [n_hidden] * n_layers
-        self.encoder = GaussianEncoder(schema.n_genes, n_latent, hidden,
-                                       n_covariates=self.n_covariates, dropout=dropout,
-                                       norm=norm)
+        self.latent = LatentBlock("z", schema.n_genes, n_latent, NormalPrior(n_latent),
+                                  n_encoder_covariates=self.n_covariates, hidden=hidden,
+                                  dropout=dropout, norm=norm, site=sites.Z)
         self.decoder = CountDecoder(n_latent, schema.n_genes, hidden,
                                     n_covariates=self.n_covariates, likelihood=likelihood,
                                     dispersion=dispersion, n_domains=self.n_domains,
                                     dropout=dropout, norm=norm)
         self.pyro_name = f"vae_{uuid.uuid4().hex[:8]}"
+        self._register_load_state_dict_pre_hook(_encoder_saved_before_blocks, with_module=True)
+
+    @property
+    def encoder(self) -> GaussianEncoder:
+        """The amortised posterior of ``"z"`` (the latent block's encoder)."""
+        return self.latent.encoder
 
     def _covariates(self, domain: torch.Tensor | None,
                     covariates: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -128,9 +134,8 @@ class VAE(nn.Module):
         with cells_plate(batch):
             domain = observe_domain(batch, self.n_domains) if self.n_domains else None
             covariates = observe_covariates(batch, self.schema) if self.use_covariates else {}
-            prior = dist.Normal(batch.library.new_zeros(self.n_latent), 1.0).to_event(1)
             with self.latent_mechanisms(batch, globals_), poutine.scale(scale=self.beta):
-                z = pyro.sample(sites.Z, prior)
+                z = self.latent.model(batch)
             return emit_counts(self.decoder, z, batch, self._covariates(domain, covariates),
                                domain)
 
@@ -138,8 +143,12 @@ class VAE(nn.Module):
         """Amortised posterior ``q(z | counts, domain)``; returns the sampled ``z``."""
         pyro.module(self.pyro_name, self)
         self.guide_globals(batch)
-        with cells_plate(batch):
-            loc, scale = self.encoder(batch.counts,
-                                      self._covariates(batch.domain, batch.covariates))
-            with poutine.scale(scale=self.beta):
-                return pyro.sample(sites.Z, dist.Normal(loc, scale).to_event(1))
+        with cells_plate(batch), poutine.scale(scale=self.beta):
+            return self.latent.guide(batch, self._covariates(batch.domain, batch.covariates))
+
+
+def _encoder_saved_before_blocks(module, state_dict, prefix, *args) -> None:
+    """Load files written before ``"z"`` was a latent block (``encoder.*`` instead of
+    ``latent.encoder.*``)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "encoder.")]:
+        state_dict.setdefault(prefix + "latent." + key[len(prefix):], state_dict.pop(key))

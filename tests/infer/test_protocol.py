@@ -83,7 +83,7 @@ def test_check_schema_device_and_finite_parameters():
     assert non_finite_parameters(model) == []
     with torch.no_grad():
         model.encoder.net.layers[0].weight[0, 0] = float("nan")
-    assert non_finite_parameters(model) == ["encoder.net.layers.0.weight"]
+    assert non_finite_parameters(model) == ["latent.encoder.net.layers.0.weight"]
 
 
 def test_a_user_model_written_with_the_constants_is_classified_like_ours(screen):

@@ -172,3 +172,18 @@ def test_files_without_checksum_load_with_a_warning(saved, data):
     torch.save(payload, saved)
     with pytest.warns(UserWarning, match="has no checksum"):
         assert type(load(saved, data)) is VAE
+
+
+def test_files_from_before_the_latent_block_still_load(model, saved, data):
+    """The VAE's encoder was ``encoder.*`` before ``"z"`` became a latent block."""
+    from pyro_causalcell.infer.serialization import checksum
+
+    payload = torch.load(saved, weights_only=True)
+    assert any(k.startswith("latent.encoder.") for k in payload["state_dict"])
+    payload["state_dict"] = {k.removeprefix("latent."): v
+                             for k, v in payload["state_dict"].items()}
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, saved)
+    restored = load(saved, data)
+    for name, value in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], value), name
