@@ -204,7 +204,9 @@ def _warn_if_nothing_changed(model, batch, rows: dict, factual_trace, guide_trac
             UserWarning, stacklevel=4)
 
 
-def _abduct(model, batch: CellBatch):
+def _abduct(model, batch: CellBatch, observed: Sequence[str] = ()):
+    """The guide's trace and the exogenous noise of the per-cell latents (and of the
+    ``observed`` sites, e.g. ``"counts"``, under their observed values)."""
     guide_trace = poutine.trace(model.guide).get_trace(batch)
     latents = per_cell_latent_sites(guide_trace)
     if not latents:
@@ -214,9 +216,18 @@ def _abduct(model, batch: CellBatch):
             "cell's latents: put per-cell sites inside the 'cells' plate (e.g. "
             "pyro_causalcell.models.components.cells_plate(batch)), or use interventional() "
             "for a population-level answer.")
-    abduction = AbductionMessenger(latents)
-    with abduction:
-        poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
+    abduction = AbductionMessenger([*latents, *observed])
+    try:
+        with abduction:
+            poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
+    except NotImplementedError as error:
+        if not observed:
+            raise
+        raise NotImplementedError(
+            f"keep_count_noise=True needs an observation site {observed} with a noise form "
+            "(e.g. a Gaussian likelihood on log-normalised data); count likelihoods (negative "
+            "binomial, ZINB, Poisson) have none. Use keep_count_noise=False: fresh count "
+            f"noise, as ChiRho does. ({error})") from None
     return guide_trace, abduction.noise
 
 
@@ -254,7 +265,7 @@ def _particles_per_pass(model, batch: CellBatch, requested: int | None, n_sample
 
 def _draws(model, batch: CellBatch, rows: dict, *, n_samples: int, per_pass: int,
            abduction: bool, output: str, interventions: Sequence,
-           factual_trace=None) -> torch.Tensor:
+           factual_trace=None, keep_count_noise: bool = False) -> torch.Tensor:
     """``(n_samples, len(batch), n_genes)`` draws of the output for one minibatch."""
     chunks = []
     for start in range(0, n_samples, per_pass):
@@ -263,7 +274,8 @@ def _draws(model, batch: CellBatch, rows: dict, *, n_samples: int, per_pass: int
         stacked_rows = {site: value.repeat((times,) + (1,) * (value.dim() - 1))
                         for site, value in rows.items()}
         if abduction:
-            guide_trace, noise = _abduct(model, stacked)
+            guide_trace, noise = _abduct(model, stacked,
+                                         [sites.COUNTS] if keep_count_noise else [])
         else:
             guide_trace, noise = poutine.trace(model.guide).get_trace(stacked), None
         draw = _predict(model, stacked, stacked_rows, guide_trace, noise, output, interventions)
@@ -276,9 +288,12 @@ def _draws(model, batch: CellBatch, rows: dict, *, n_samples: int, per_pass: int
 
 def _query(model, data, do: dict | None, *, n_samples: int, output: str, batch_size: int,
            seed: int, abduction: bool, kind: str, n_cells: int | None = None,
-           interventions: Sequence = (), particles_per_pass: int | None = None) -> ad.AnnData:
+           interventions: Sequence = (), particles_per_pass: int | None = None,
+           keep_count_noise: bool = False) -> ad.AnnData:
     if output not in OUTPUTS:
         raise ValueError(f"output={output!r}; choose one of {OUTPUTS}")
+    if keep_count_noise and output != sites.COUNTS:
+        raise ValueError("keep_count_noise=True applies to output='counts'")
     do, interventions = dict(do or {}), list(interventions)
     if not do and not interventions:
         raise ValueError("do is empty: name at least one covariate site, e.g. "
@@ -313,7 +328,8 @@ def _query(model, data, do: dict | None, *, n_samples: int, output: str, batch_s
             rows = {site: value[start:start + len(batch)] for site, value in values.items()}
             draws = _draws(model, batch, rows, n_samples=n_samples, per_pass=per_pass,
                            abduction=abduction, output=output, interventions=interventions,
-                           factual_trace=factual_trace if start == 0 else None)
+                           factual_trace=factual_trace if start == 0 else None,
+                           keep_count_noise=keep_count_noise)
             start += len(batch)
             means.append(draws.mean(0).cpu())
             sds.append(draws.std(0, unbiased=False).cpu())
@@ -330,7 +346,8 @@ def _query(model, data, do: dict | None, *, n_samples: int, output: str, batch_s
 def counterfactual(model, data: CellData | ad.AnnData, do: dict | None = None, *,
                    interventions: Sequence = (), n_samples: int = 20,
                    output: str = sites.EXPRESSION, batch_size: int = 512,
-                   seed: int = 0, particles_per_pass: int | None = None) -> ad.AnnData:
+                   seed: int = 0, particles_per_pass: int | None = None,
+                   keep_count_noise: bool = False) -> ad.AnnData:
     """What the cells of ``data`` would look like under the intervention ``do``.
 
     Abduction (guide posterior of each cell's latents and of the globals, exogenous noise of
@@ -358,13 +375,18 @@ def counterfactual(model, data: CellData | ad.AnnData, do: dict | None = None, *
     output : {"expression", "counts"}
         Expected counts (``"expression"``), or counts sampled from the likelihood: the
         latents keep the cell's abducted noise, but the count noise is drawn afresh (as ChiRho
-        does), because the count likelihoods have no invertible noise form.
+        does), because the count likelihoods have no invertible noise form (see
+        ``keep_count_noise`` for Gaussian observation sites).
     batch_size, seed : int
     particles_per_pass : int, optional
         Posterior draws evaluated together, by stacking the minibatch (a vectorised particle
         dimension instead of a Python loop). Default: as many as fit in about 4,096 rows
         (8 for the default ``batch_size``) for models without global latents, one per pass
         otherwise (a pass shares one draw of the globals).
+    keep_count_noise : bool
+        With ``output="counts"``, keep each cell's own observation noise too (abducted from
+        its observed counts), where the observation site has a noise form: a Gaussian
+        likelihood (e.g. on log-normalised data), not the count likelihoods.
 
     Returns
     -------
@@ -397,7 +419,8 @@ def counterfactual(model, data: CellData | ad.AnnData, do: dict | None = None, *
     """
     return _query(model, data, do, n_samples=n_samples, output=output, batch_size=batch_size,
                   seed=seed, abduction=True, kind="counterfactual",
-                  interventions=interventions, particles_per_pass=particles_per_pass)
+                  interventions=interventions, particles_per_pass=particles_per_pass,
+                  keep_count_noise=keep_count_noise)
 
 
 def interventional(model, data: CellData | ad.AnnData, do: dict | None = None, *,

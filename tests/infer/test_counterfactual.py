@@ -482,3 +482,26 @@ def test_models_with_global_latents_draw_them_once_per_pass(simulated_svae, scm)
     big = CellData.from_anndata(adata, schema=model.schema).batch(torch.arange(512))
     from pyro_causalcell import VAE
     assert _particles_per_pass(VAE(model.schema), big, None, 20) == 8  # 4096 rows a pass
+
+
+def test_gaussian_observation_noise_can_be_kept(scm):
+    """x' = x + (A B + C)(t' - t) exactly when the observation noise is kept too."""
+    model, data, adata = scm
+    new = 3.0
+    kept = counterfactual(model, adata, {"dose": new}, output="counts", keep_count_noise=True,
+                          n_samples=50)
+    t = data.dose.numpy()[:, None]
+    expected = data.dense_counts() + (A * B.numpy() + C.numpy()) * (new - t)
+    np.testing.assert_allclose(kept.X, expected, rtol=1e-4, atol=1e-4)
+    assert kept.layers["sd"].max() < 1e-3  # nothing random is left
+    fresh = counterfactual(model, adata, {"dose": new}, output="counts", n_samples=50)
+    assert fresh.layers["sd"].min() > 0.1  # fresh observation noise
+    with pytest.raises(ValueError, match="keep_count_noise=True applies to output='counts'"):
+        counterfactual(model, adata, {"dose": new}, keep_count_noise=True)
+
+
+def test_count_likelihoods_have_no_observation_noise_to_keep(simulated_svae):
+    model, adata, _ = simulated_svae
+    with pytest.raises(NotImplementedError, match="count likelihoods .* have none"):
+        counterfactual(model, adata[:5].copy(), {"perturbation": "p1"}, output="counts",
+                       keep_count_noise=True, n_samples=1)
