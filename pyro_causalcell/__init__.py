@@ -10,10 +10,10 @@ from .data import (BalancedSampler, CellBatch, CellData, CellSchema, DataValidat
                    RandomSampler, WithinGroupSampler)
 from .infer import (TrainingHistory, counterfactual, fit, global_posterior, interventional, latent,
                     load, save, transfer)
-from .models import VAE, SparseShiftVAE, register_model, target_probabilities
+from .models import VAE, InVAE, SparseShiftVAE, register_model, target_probabilities
 
 __all__ = ["__version__", "sites", "CellBatch", "CellData", "CellSchema", "DataValidationError",
            "RandomSampler", "BalancedSampler", "WithinGroupSampler",
            "TrainingHistory", "fit", "latent", "load", "save", "transfer", "global_posterior",
            "counterfactual", "interventional",
-           "VAE", "SparseShiftVAE", "target_probabilities", "register_model"]
+           "VAE", "SparseShiftVAE", "InVAE", "target_probabilities", "register_model"]

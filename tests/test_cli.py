@@ -446,3 +446,14 @@ def test_the_same_seed_gives_the_same_demo(tmp_path):
             scores.pop("training_seconds")
         reports.append(report)
     assert reports[0] == reports[1]
+
+
+def test_fit_invae_writes_its_invariant_latents(h5ad, tmp_path):
+    out = tmp_path / "results"
+    code = main(["fit", "--model", "invae", str(h5ad), "--out", str(out), "--domain-key",
+                 "batch", "--label-key", "cell_type", "--n-latent", "3", *FAST])
+    assert code == 0
+    result = ad.read_h5ad(out / "cells_invae.h5ad")
+    assert result.obsm["X_invae"].shape == (200, 3)
+    model = load(out / "model.pt")
+    assert type(model).__name__ == "InVAE" and model.invariant == ["label"]

@@ -12,7 +12,7 @@ from .protocol import check_schema, evaluation, model_device, sample_sites
 
 
 @torch.no_grad()
-def latent(model, data: CellData, site: str = sites.Z, *, batch_size: int = 1024,
+def latent(model, data: CellData, site: str | None = None, *, batch_size: int = 1024,
            n_samples: int = 100) -> np.ndarray:
     """Posterior mean of a per-cell latent site under the guide.
 
@@ -20,8 +20,9 @@ def latent(model, data: CellData, site: str = sites.Z, *, batch_size: int = 1024
     ----------
     model : nn.Module following the model protocol
     data : CellData
-    site : str
-        Guide sample site inside the ``"cells"`` plate (``"z"``, ``"z_inv"``, ...).
+    site : str, optional
+        Guide sample site inside the ``"cells"`` plate (``"z"``, ``"z_inv"``, ...); default:
+        the model's ``default_latent_site`` (``"z_inv"`` for InVAE), else ``"z"``.
     batch_size : int
     n_samples : int
         Samples averaged when the guide's distribution has no closed-form mean.
@@ -32,6 +33,7 @@ def latent(model, data: CellData, site: str = sites.Z, *, batch_size: int = 1024
         Posterior means, in the order of ``data``.
     """
     check_schema(model, data)
+    site = site or getattr(model, "default_latent_site", sites.Z)
     device = model_device(model)
     chunks = []
     with evaluation(model):

@@ -2,10 +2,11 @@
 
 from . import components
 from .blocks import ConditionalNormalPrior, LatentBlock, NormalPrior
+from .invae import InVAE
 from .registry import model_variants, register_model, registered_models
 from .sparse_shift import SPARSITY, SparseShiftVAE, target_probabilities
 from .vae import VAE
 
-__all__ = ["VAE", "SparseShiftVAE", "SPARSITY", "target_probabilities", "components",
+__all__ = ["VAE", "SparseShiftVAE", "InVAE", "SPARSITY", "target_probabilities", "components",
            "register_model", "registered_models", "model_variants",
            "LatentBlock", "NormalPrior", "ConditionalNormalPrior"]

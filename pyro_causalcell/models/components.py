@@ -165,6 +165,14 @@ def observe_all(batch: CellBatch, schema: CellSchema) -> dict[str, torch.Tensor]
     return values
 
 
+def covariate_values(batch: CellBatch) -> dict[str, torch.Tensor]:
+    """The batch's observed covariates by site name (for guides, which observe no site)."""
+    values = {name: getattr(batch, name) for name in sites.COVARIATES
+              if getattr(batch, name) is not None}
+    values.update(batch.covariates)
+    return values
+
+
 def features(values: dict[str, torch.Tensor], names: Sequence[str],
              schema: CellSchema) -> torch.Tensor | None:
     """Covariates ``names`` as one ``(batch, width)`` float matrix: one-hot categories,
