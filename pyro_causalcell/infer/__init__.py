@@ -9,6 +9,7 @@ from .history import TrainingHistory
 from .latent import latent
 from .likelihood import COVARIATE_SITES, importance_weighted_elbo, mean_importance_weighted_elbo
 from .posterior import global_posterior
+from .predictor import LatentClassifier
 from .serialization import ModelFileError, ModelSchemaMismatchError, load, save
 from .transfer import TransferResult, known_rows_unchanged, transfer
 
@@ -17,4 +18,5 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "check_intervention_tensor",
            "evaluate_elbo", "resolve_device", "TrainingHistory", "TrainingDivergedError",
            "ModelSchemaMismatchError", "ModelFileError",
-           "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES"]
+           "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
+           "LatentClassifier"]
