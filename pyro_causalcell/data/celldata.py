@@ -266,6 +266,13 @@ class CellData:
         for start in range(0, len(indices), batch_size):
             yield self.batch(indices[start:start + batch_size], n_cells=len(indices))
 
+    def covariate_values(self, name: str) -> torch.Tensor | None:
+        """Per-cell values of covariate ``name`` (``"perturbation"``, ``"domain"``, ``"label"``,
+        ``"dose"`` or a named one), or ``None`` when the data does not carry it."""
+        if name in ("perturbation", "domain", "label", "dose"):
+            return getattr(self, name)
+        return self.covariates.get(name)
+
     def dense_counts(self) -> np.ndarray:
         """All counts as a dense ``(n_cells, n_genes)`` NumPy array (small data only)."""
         return self.counts.rows(torch.arange(self.n_cells, device=self.device)).cpu().numpy()

@@ -15,7 +15,6 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .. import sites
 from .batch import CellBatch
 from .celldata import CellData
 
@@ -41,14 +40,10 @@ def group_codes(data: CellData, names: str | Sequence[str]) -> torch.Tensor:
     names = [names] if isinstance(names, str) else list(names)
     columns = []
     for name in names:
-        if name in sites.COVARIATES:
-            value = getattr(data, name)
-        else:
-            value = data.covariates.get(name)
+        value = data.covariate_values(name)
         if value is None:
-            carried = [n for n in sites.COVARIATES if getattr(data, n) is not None]
             raise ValueError(f"the data has no covariate {name!r} to group cells by; it carries "
-                             f"{carried + list(data.covariates)}")
+                             f"{list(data.schema.carried)}")
         value = value.reshape(len(value), -1)
         if value.is_floating_point() and not bool((value == value.round()).all()):
             raise ValueError(f"covariate {name!r} is continuous; group cells by a categorical "

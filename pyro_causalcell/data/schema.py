@@ -113,7 +113,29 @@ class CellSchema:
             if covariate.name == name:
                 return covariate
         raise KeyError(f"the schema has no covariate {name!r}; its covariates are "
-                       f"{[c.name for c in self.covariates]}")
+                       f"{list(self.covariate_names)}")
+
+    @property
+    def covariate_names(self) -> tuple[str, ...]:
+        """Names of the named covariates (``categorical_covariate_keys`` and continuous)."""
+        return tuple(c.name for c in self.covariates)
+
+    @property
+    def carried(self) -> tuple[str, ...]:
+        """Every covariate site data encoded with this schema carries: ``"perturbation"``,
+        ``"domain"``, ``"label"``, ``"dose"`` (where their keys are set), then the named ones."""
+        keys = {"perturbation": self.perturbation_key, "domain": self.domain_key,
+                "label": self.label_key, "dose": self.dose_key}
+        return tuple(n for n, key in keys.items() if key is not None) + self.covariate_names
+
+    def categories_of(self, name: str) -> tuple[str, ...] | None:
+        """Categories of the categorical covariate ``name`` (``"domain"``, ``"label"`` or a
+        named one); ``None`` for perturbations, doses, continuous and unknown names."""
+        if name in ("domain", "label"):
+            return getattr(self, f"{name}s")
+        named = {c.name: c for c in self.covariates}
+        return named[name].categories if name in named and named[name].kind == CATEGORICAL \
+            else None
 
     @property
     def categorical_covariate_keys(self) -> tuple[str, ...]:

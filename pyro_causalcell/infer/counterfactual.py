@@ -31,15 +31,12 @@ from pyro import poutine
 
 from .. import sites
 from ..data import CellBatch, CellData
-from ..data.schema import CATEGORICAL, CONTINUOUS, perturbation_atoms
+from ..data.schema import CONTINUOUS, perturbation_atoms
 from ..handlers import AbductionMessenger, NoiseReplayMessenger
 from .protocol import (check_schema, evaluation, global_latent_sites, model_device,
                        per_cell_latent_sites, sample_sites, seeded)
 
 OUTPUTS = sites.OUTPUTS
-#: categorical covariate site -> the schema attribute holding its categories
-COVARIATES = {sites.PERTURBATION: "perturbations", sites.DOMAIN: "domains",
-              sites.LABEL: "labels"}
 
 
 def _category_index(site: str, value: str, known: tuple[str, ...]) -> int:
@@ -49,20 +46,12 @@ def _category_index(site: str, value: str, known: tuple[str, ...]) -> int:
     return known.index(value)
 
 
-def _categories(schema, site: str) -> tuple[str, ...] | None:
-    """Categories of a categorical covariate site (domain, label or a named one), else None."""
-    if site in COVARIATES and site != sites.PERTURBATION:
-        return getattr(schema, COVARIATES[site])
-    named = {c.name: c for c in getattr(schema, "covariates", ())}
-    if site in named and named[site].kind == CATEGORICAL:
-        return named[site].categories
-    return None
-
-
 def _standardisation(schema, site: str):
     """The named continuous covariate ``site`` (its mean and std), else None."""
-    named = {c.name: c for c in getattr(schema, "covariates", ())}
-    return named[site] if site in named and named[site].kind == CONTINUOUS else None
+    if site not in schema.covariate_names:
+        return None
+    covariate = schema.covariate(site)
+    return covariate if covariate.kind == CONTINUOUS else None
 
 
 def check_intervention_tensor(schema, site: str, value: torch.Tensor,
@@ -85,7 +74,7 @@ def check_intervention_tensor(schema, site: str, value: torch.Tensor,
     if value.ndim == 0 or value.shape[0] != n_cells:
         raise ValueError(f"{name} has shape {tuple(value.shape)}; it needs one row per cell "
                          f"({n_cells} cells), in the order of the data")
-    categories, continuous = _categories(schema, site), _standardisation(schema, site)
+    categories, continuous = schema.categories_of(site), _standardisation(schema, site)
     if site == sites.PERTURBATION:
         expected = (n_cells, schema.n_perturbations)
         if tuple(value.shape) != expected:
@@ -129,7 +118,7 @@ def intervention_tensor(schema, site: str, value, n_cells: int,
         for atom in perturbation_atoms(value, schema.control):
             codes[:, _category_index(site, atom, schema.perturbations)] = 1.0
         return codes
-    categories, continuous = _categories(schema, site), _standardisation(schema, site)
+    categories, continuous = schema.categories_of(site), _standardisation(schema, site)
     if categories is not None:
         index = _category_index(site, str(value), categories)
         return torch.full((n_cells,), index, dtype=torch.long, device=device)
@@ -139,11 +128,7 @@ def intervention_tensor(schema, site: str, value, n_cells: int,
             number = (number - continuous.mean) / continuous.std
         return torch.full((n_cells,), number, device=device)
     raise ValueError(f"do={{{site!r}: ...}}: give a tensor for a site other than the "
-                     f"model's covariates {sorted([*sites.COVARIATES, *_named(schema)])}")
-
-
-def _named(schema) -> list[str]:
-    return [c.name for c in getattr(schema, "covariates", ())]
+                     f"model's covariates {sorted([*sites.COVARIATES, *schema.covariate_names])}")
 
 
 def _without(trace, names) -> poutine.Trace:

@@ -51,20 +51,24 @@ class EpochSums:
     """Running sums of one epoch's step results, turned into per-cell history entries."""
 
     def __init__(self):
-        self.elbo, self.penalties, self.adversaries = 0.0, {}, {}
+        self.loss, self.penalties, self.adversaries = 0.0, {}, {}
 
     def add(self, result: StepResult, n_rows: int) -> None:
-        self.elbo += result.elbo * n_rows
+        # penalties stay tensors until the epoch ends: no device synchronisation per step
+        self.loss += result.loss * n_rows
         for name, value in result.penalties.items():
             self.penalties[name] = self.penalties.get(name, 0.0) + value * n_rows
         for name, value in result.adversaries.items():
             self.adversaries.setdefault(name, []).append(value)
 
     def record(self, history: TrainingHistory, n_train: int) -> None:
-        """Per-cell means (each step's values are scaled to the ``n_train`` training cells)."""
-        history.train_elbo.append(self.elbo / n_train / n_train)
-        for name, total in self.penalties.items():
-            history.penalties.setdefault(name, []).append(float(total) / n_train / n_train)
+        """Per-cell means (each step's values are scaled to the ``n_train`` training cells);
+        the ELBO is the objective without the penalties."""
+        penalties = {name: float(total) / n_train / n_train
+                     for name, total in self.penalties.items()}
+        history.train_elbo.append(-self.loss / n_train / n_train - sum(penalties.values()))
+        for name, value in penalties.items():
+            history.penalties.setdefault(name, []).append(value)
         for name, values in self.adversaries.items():
             history.adversary_loss.setdefault(name, []).append(sum(values) / len(values))
 

@@ -174,8 +174,8 @@ def importance_weighted_elbo(model, data: CellData, n_samples: int = 100, *,
         raise ValueError(f"particles_per_pass must be an integer >= 1, got {particles_per_pass}")
     per_pass = min(int(per_pass), n_samples)
     if exclude_sites is None:
-        named = [c.name for c in getattr(getattr(model, "schema", None), "covariates", ())]
-        exclude_sites = (*COVARIATE_SITES, *named)
+        schema = getattr(model, "schema", None)
+        exclude_sites = (*COVARIATE_SITES, *(schema.covariate_names if schema else ()))
     if not isinstance(data, CellData):
         raise ValueError(f"data must be a CellData, got {type(data).__name__}")
     if indices is None:

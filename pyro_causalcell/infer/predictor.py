@@ -59,15 +59,9 @@ class LatentClassifier:
         self.classes: tuple[str, ...] = ()
         self.network: nn.Module | None = None
 
-    def _categories(self, data: CellData) -> tuple[str, ...]:
-        if self.target in (sites.DOMAIN, sites.LABEL):
-            return getattr(data.schema, f"{self.target}s")
-        return data.schema.covariate(self.target).categories
-
     def _targets(self, data: CellData) -> torch.Tensor:
-        values = (getattr(data, self.target) if self.target in (sites.DOMAIN, sites.LABEL)
-                  else data.covariates.get(self.target))
-        if values is None:
+        values = data.covariate_values(self.target)
+        if values is None or data.schema.categories_of(self.target) is None:
             raise ValueError(f"the data carries no {self.target!r} to learn from; encode it "
                              f"with CellData.from_anndata(..., {self.target}_key=...)")
         return values.cpu()
@@ -77,8 +71,8 @@ class LatentClassifier:
 
     def fit(self, data: CellData) -> "LatentClassifier":
         """Train on the cells of ``data`` (their ``target`` must be known); returns self."""
-        self.classes = tuple(self._categories(data))
         y = self._targets(data)
+        self.classes = data.schema.categories_of(self.target)
         x = self._features(data)
         with seeded(self.seed):
             hidden = () if self.kind == "linear" else (self.n_hidden,)

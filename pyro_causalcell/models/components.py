@@ -95,7 +95,7 @@ def covariate_features(values: dict[str, torch.Tensor],
                        schema: CellSchema) -> torch.Tensor | None:
     """The named covariates as one ``(batch, width)`` float matrix (one-hot categories,
     standardised numbers), in the schema's order; ``None`` without covariates."""
-    return features(values, [c.name for c in schema.covariates], schema)
+    return features(values, schema.covariate_names, schema)
 
 
 def one_hot(index: torch.Tensor, n_categories: int) -> torch.Tensor:
@@ -179,30 +179,21 @@ def features(values: dict[str, torch.Tensor], names: Sequence[str],
     multi-hot perturbations, numbers as a column; ``None`` for no names."""
     columns = []
     for name in names:
-        value = values[name]
-        if name == sites.PERTURBATION:
-            columns.append(value.to(torch.get_default_dtype()))
-        elif name in (sites.DOMAIN, sites.LABEL):
-            columns.append(one_hot(value, getattr(schema, f"n_{name}s")))
-        elif name == sites.DOSE:
-            columns.append(value.unsqueeze(-1).to(torch.get_default_dtype()))
+        value, categories = values[name], schema.categories_of(name)
+        if categories is not None:
+            columns.append(one_hot(value, len(categories)))
         else:
-            covariate = schema.covariate(name)
-            columns.append(one_hot(value, covariate.n_features) if covariate.kind == CATEGORICAL
-                           else value.unsqueeze(-1).to(torch.get_default_dtype()))
+            value = value.to(torch.get_default_dtype())
+            columns.append(value if name == sites.PERTURBATION else value.unsqueeze(-1))
     return torch.cat(columns, -1) if columns else None
 
 
 def feature_width(names: Sequence[str], schema: CellSchema) -> int:
     """Width of :func:`features` for ``names``."""
-    width = 0
-    for name in names:
+    def width(name: str) -> int:
         if name == sites.PERTURBATION:
-            width += schema.n_perturbations
-        elif name in (sites.DOMAIN, sites.LABEL):
-            width += getattr(schema, f"n_{name}s")
-        elif name == sites.DOSE:
-            width += 1
-        else:
-            width += schema.covariate(name).n_features
-    return width
+            return schema.n_perturbations
+        categories = schema.categories_of(name)
+        return 1 if categories is None else len(categories)
+
+    return sum(width(name) for name in names)

@@ -36,14 +36,6 @@ from .registry import register_model
 __all__ = ["InVAE"]
 
 
-def _carried(schema: CellSchema) -> list[str]:
-    """The covariate sites data encoded with ``schema`` carries."""
-    keys = {sites.PERTURBATION: schema.perturbation_key, sites.DOMAIN: schema.domain_key,
-            sites.LABEL: schema.label_key, sites.DOSE: schema.dose_key}
-    return [name for name, key in keys.items() if key is not None] + [
-        c.name for c in schema.covariates]
-
-
 @register_model
 class InVAE(nn.Module):
     """Invariant and spurious latent blocks with covariate-conditioned priors.
@@ -84,7 +76,7 @@ class InVAE(nn.Module):
                  likelihood: str = "nb", dispersion: str = "gene", dropout: float = 0.0,
                  norm: str | None = None, beta: float = 1.0):
         super().__init__()
-        carried = _carried(schema)
+        carried = list(schema.carried)
         invariant = ([sites.LABEL] if sites.LABEL in carried else []) if invariant is None \
             else list(invariant)
         spurious = ([sites.DOMAIN] if sites.DOMAIN in carried else []) if spurious is None \
