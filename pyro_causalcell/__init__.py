@@ -8,12 +8,12 @@ from . import sites
 from ._version import __version__
 from .data import (BalancedSampler, CellBatch, CellData, CellSchema, DataValidationError,
                    RandomSampler, WithinGroupSampler)
-from .infer import (TrainingHistory, counterfactual, fit, global_posterior, interventional, latent,
-                    load, save, transfer)
+from .infer import (LatentClassifier, TrainingHistory, counterfactual, covariate_posterior, fit,
+                    global_posterior, interventional, latent, load, save, transfer)
 from .models import VAE, InVAE, SparseShiftVAE, register_model, target_probabilities
 
 __all__ = ["__version__", "sites", "CellBatch", "CellData", "CellSchema", "DataValidationError",
            "RandomSampler", "BalancedSampler", "WithinGroupSampler",
            "TrainingHistory", "fit", "latent", "load", "save", "transfer", "global_posterior",
-           "counterfactual", "interventional",
+           "counterfactual", "interventional", "covariate_posterior", "LatentClassifier",
            "VAE", "SparseShiftVAE", "InVAE", "target_probabilities", "register_model"]

@@ -76,6 +76,7 @@ class CellData:
         categorical_covariate_keys: Sequence[str] | None = None,
         continuous_covariate_keys: Sequence[str] | None = None,
         schema: CellSchema | None = None,
+        unknown: Sequence[str] = (),
     ) -> "CellData":
         """Encode an AnnData of raw counts.
 
@@ -107,6 +108,13 @@ class CellData:
             keys, gene order and category indices). Keys left as ``None`` are taken from it.
             Genes not in the schema are left out; every schema gene must be present. The data
             may lack some categories (e.g. hold no control cells).
+        unknown : sequence of str
+            With ``schema``: covariates these cells do not have (``"label"``, ``"domain"``,
+            ``"dose"`` or named covariates), e.g. the cell types of new cells that a model is to
+            predict. Their columns are not read; the data carries ``None`` for them, so encoding
+            (:func:`~pyro_causalcell.infer.latent`) and label posteriors work if the model's
+            guide does not need them, while fitting and counterfactuals, which observe them,
+            raise a named error.
 
         Raises
         ------
@@ -121,7 +129,10 @@ class CellData:
                     continuous_covariate_keys=_key_tuple(continuous_covariate_keys))
         if schema is not None:
             keys = _keys_from_schema(keys, schema)
+        unknown = _unknown_covariates(unknown, keys, schema)
         check_covariate_keys(keys)
+        if schema is not None:
+            _check_schema_columns(adata.obs, keys, schema, unknown)
 
         matrix, where = _count_matrix(adata, keys["layer"])
         genes = [str(g) for g in adata.var_names]
@@ -176,13 +187,17 @@ class CellData:
             if key is None:
                 categories[field] = ()
                 continue
+            if field in unknown:
+                categories[field] = getattr(schema, f"{field}s")
+                continue
             values = obs_column(obs, key, f"{field}_key").to_numpy()
             known = getattr(schema, f"{field}s") if schema is not None else None
             fields[field], categories[field] = encode_categories(values, known, key,
                                                                  f"{field}_key")
         covariates, fields["covariates"] = encode_covariates(
-            obs, keys["categorical_covariate_keys"], keys["continuous_covariate_keys"], schema)
-        if keys["dose_key"] is not None:
+            obs, keys["categorical_covariate_keys"], keys["continuous_covariate_keys"], schema,
+            unknown)
+        if keys["dose_key"] is not None and "dose" not in unknown:
             fields["dose"] = numeric_column(obs, keys["dose_key"], "dose_key")
         if keys["library_key"] is not None:
             library = numeric_column(obs, keys["library_key"], "library_key")
@@ -283,6 +298,39 @@ def _key_tuple(keys: Sequence[str] | str | None) -> tuple[str, ...] | None:
     if keys is None:
         return None
     return (keys,) if isinstance(keys, str) else tuple(str(k) for k in keys)
+
+
+def _unknown_covariates(unknown: Sequence[str], keys: dict,
+                        schema: CellSchema | None) -> frozenset[str]:
+    """Check ``unknown=`` names covariates the schema carries (perturbations cannot be)."""
+    unknown = frozenset(_key_tuple(unknown) or ())
+    if not unknown:
+        return unknown
+    if schema is None:
+        raise DataValidationError(
+            f"unknown={sorted(unknown)} needs schema=...: it marks covariates of a fitted "
+            "model's schema that these cells lack. Without a schema, leave their keys unset.")
+    allowed = [name for name in schema.carried if name != "perturbation"]
+    wrong = sorted(unknown - set(allowed))
+    if wrong:
+        raise DataValidationError(
+            f"unknown={wrong}: the schema carries no such covariate; covariates that can be "
+            f"unknown are {allowed}" + (" (perturbations must be known: use "
+                                         "pyro_causalcell.transfer for new ones)"
+                                         if "perturbation" in wrong else ""))
+    return unknown
+
+
+def _check_schema_columns(obs, keys: dict, schema: CellSchema, unknown: frozenset[str]) -> None:
+    """With a schema, a missing covariate column gets an error that offers ``unknown=``."""
+    columns = {name: keys.get(f"{name}_key", name) for name in schema.carried}
+    for name, column in columns.items():
+        if name != "perturbation" and name not in unknown and column not in obs.columns:
+            raise DataValidationError(
+                f"adata.obs has no column {column!r}, which the fitted schema reads for "
+                f"{name!r}. Add it, or, if these cells' {name} is not known (e.g. cell types to "
+                f"be predicted), pass CellData.from_anndata(adata, schema=..., "
+                f"unknown=[{name!r}]).")
 
 
 def _keys_from_schema(keys: dict, schema: CellSchema) -> dict:

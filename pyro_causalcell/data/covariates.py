@@ -47,20 +47,28 @@ def encode_categories(values: np.ndarray, known: tuple[str, ...] | None, key: st
 
 
 def encode_covariates(obs: pd.DataFrame, categorical: tuple[str, ...] | None,
-                      continuous: tuple[str, ...] | None, schema: CellSchema | None
+                      continuous: tuple[str, ...] | None, schema: CellSchema | None,
+                      unknown: frozenset[str] = frozenset()
                       ) -> tuple[tuple[Covariate, ...], dict[str, torch.Tensor]]:
     """The covariates' schema entries and their ``(n_cells,)`` tensors, by name.
 
     With ``schema`` the categories and standardisation of the fitted schema are used, so new
-    data is encoded like the data the model saw (unseen categories are refused).
+    data is encoded like the data the model saw (unseen categories are refused); covariates
+    in ``unknown`` keep their schema entry and get no values.
     """
     covariates, values = [], {}
     for name in categorical or ():
+        if name in unknown:
+            covariates.append(schema.covariate(name))
+            continue
         text = obs_column(obs, name, "categorical_covariate_keys").to_numpy()
         known = schema.covariate(name).categories if schema is not None else None
         values[name], known = encode_categories(text, known, name, "categorical_covariate_keys")
         covariates.append(Covariate(name, CATEGORICAL, categories=known))
     for name in continuous or ():
+        if name in unknown:
+            covariates.append(schema.covariate(name))
+            continue
         raw = numeric_column(obs, name, "continuous_covariate_keys")
         if schema is not None:
             fitted = schema.covariate(name)

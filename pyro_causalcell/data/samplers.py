@@ -113,7 +113,19 @@ class BalancedSampler(_GroupedSampler):
     ----------
     covariates : str or sequence of str
         What defines the groups (see :func:`group_codes`), e.g. ``"domain"`` for multiGroupVI.
+    reweight : bool
+        Attach the weights, so the objective stays that of the data as sampled (the default).
+        ``False`` trains on the balanced population itself, in which every group weighs the
+        same: with groups ``["label", "domain"]`` label and domain are independent there,
+        the reweighting of invariant learning that removes a sample's label-batch association.
     """
+
+    def __init__(self, covariates: str | Sequence[str], reweight: bool = True):
+        super().__init__(covariates)
+        self.reweight = reweight
+
+    def __repr__(self) -> str:
+        return f"BalancedSampler({self.covariates!r}, reweight={self.reweight})"
 
     def batches(self, data: CellData, indices: torch.Tensor, batch_size: int,
                 generator: torch.Generator) -> Iterator[CellBatch]:
@@ -132,7 +144,7 @@ class BalancedSampler(_GroupedSampler):
             drawn = [queue.take(k) for queue, k in zip(queues, per_group)]
             index = torch.cat([d[0] for d in drawn])
             weight = torch.cat([d[1] for d in drawn])
-            yield replace(data.batch(index, n_cells=n), weight=weight)
+            yield replace(data.batch(index, n_cells=n), weight=weight if self.reweight else None)
 
 
 class WithinGroupSampler(_GroupedSampler):

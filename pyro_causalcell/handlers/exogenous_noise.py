@@ -47,10 +47,14 @@ class Noise:
     gumbel : tensor, the site's shape + (n_components,), or None
         Gumbel noise of the mixture component choice (``None`` where never observed: a fresh
         draw from the prior is used then).
+    mechanism : tensor or None
+        The mechanism's parameters at abduction, for families whose noise is only defined
+        while the mechanism is unchanged (the non-factorized prior keeps a cell's value then).
     """
 
     epsilon: torch.Tensor
     gumbel: torch.Tensor | None = None
+    mechanism: torch.Tensor | None = None
 
 
 def _unwrap(fn):

@@ -3,13 +3,14 @@ posteriors, counterfactuals, save / load."""
 
 from .counterfactual import (check_intervention_tensor, counterfactual, intervention_tensor,
                              interventional)
+from .covariate_posterior import covariate_posterior
 from .device import resolve_device
 from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
 from .latent import latent
 from .likelihood import COVARIATE_SITES, importance_weighted_elbo, mean_importance_weighted_elbo
 from .posterior import global_posterior
-from .predictor import LatentClassifier
+from .predictor import LatentClassifier, train_classifier
 from .serialization import ModelFileError, ModelSchemaMismatchError, load, save
 from .transfer import TransferResult, known_rows_unchanged, transfer
 
@@ -19,4 +20,4 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "evaluate_elbo", "resolve_device", "TrainingHistory", "TrainingDivergedError",
            "ModelSchemaMismatchError", "ModelFileError",
            "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
-           "LatentClassifier"]
+           "LatentClassifier", "train_classifier", "covariate_posterior"]

@@ -139,8 +139,10 @@ def _without(trace, names) -> poutine.Trace:
 
 
 def _check_sites(model, batch: CellBatch, do: dict) -> poutine.Trace:
-    """The model's factual trace of ``batch``, after checking that every ``do`` site exists."""
-    trace = poutine.trace(model.model).get_trace(batch)
+    """The model's factual trace of ``batch`` (latents from the guide, so priors known only up
+    to a constant work), after checking that every ``do`` site exists."""
+    guide_trace = poutine.trace(model.guide).get_trace(batch)
+    trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
     names = list(sample_sites(trace))
     missing = [name for name in do if name not in names]
     if missing:

@@ -19,9 +19,28 @@ from ..nn import MLP
 from .latent import latent
 from .protocol import seeded
 
-__all__ = ["LatentClassifier"]
+__all__ = ["LatentClassifier", "train_classifier"]
 
 KINDS = ("linear", "mlp")
+
+
+def train_classifier(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, kind: str = "linear",
+                     n_hidden: int = 64, max_epochs: int = 300, lr: float = 1e-2,
+                     weight_decay: float = 1e-4, seed: int = 0) -> nn.Module:
+    """A classifier of ``(n, d)`` features ``x`` into ``y`` (``(n,)`` long codes), trained with
+    full-batch Adam on cross-entropy; returned in eval mode, mapping features to logits."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; choose one of {KINDS}")
+    with seeded(seed):
+        hidden = () if kind == "linear" else (n_hidden,)
+        network = MLP(x.shape[1], n_classes, hidden)
+        optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
+        for _ in range(max_epochs):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(network(x), y)
+            loss.backward()
+            optimizer.step()
+    return network.eval()
 
 
 class LatentClassifier:
@@ -61,7 +80,7 @@ class LatentClassifier:
 
     def _targets(self, data: CellData) -> torch.Tensor:
         values = data.covariate_values(self.target)
-        if values is None or data.schema.categories_of(self.target) is None:
+        if values is None or not data.schema.categories_of(self.target):
             raise ValueError(f"the data carries no {self.target!r} to learn from; encode it "
                              f"with CellData.from_anndata(..., {self.target}_key=...)")
         return values.cpu()
@@ -73,18 +92,10 @@ class LatentClassifier:
         """Train on the cells of ``data`` (their ``target`` must be known); returns self."""
         y = self._targets(data)
         self.classes = data.schema.categories_of(self.target)
-        x = self._features(data)
-        with seeded(self.seed):
-            hidden = () if self.kind == "linear" else (self.n_hidden,)
-            self.network = MLP(x.shape[1], len(self.classes), hidden)
-            optimizer = torch.optim.Adam(self.network.parameters(), lr=self.lr,
-                                         weight_decay=self.weight_decay)
-            for _ in range(self.max_epochs):
-                optimizer.zero_grad()
-                loss = nn.functional.cross_entropy(self.network(x), y)
-                loss.backward()
-                optimizer.step()
-        self.network.eval()
+        self.network = train_classifier(
+            self._features(data), y, len(self.classes), kind=self.kind, n_hidden=self.n_hidden,
+            max_epochs=self.max_epochs, lr=self.lr, weight_decay=self.weight_decay,
+            seed=self.seed)
         return self
 
     def predict_proba(self, data: CellData) -> pd.DataFrame:

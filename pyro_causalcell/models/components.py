@@ -148,7 +148,15 @@ def observe_all(batch: CellBatch, schema: CellSchema) -> dict[str, torch.Tensor]
     ``"perturbation"`` (multi-hot), ``"domain"``, ``"label"`` (category indices),
     ``"dose"`` and each named covariate. Use the returned values downstream, not the batch's:
     under ``pyro.do`` they are the intervened ones.
+
+    Raises
+    ------
+    ValueError
+        The data leaves a covariate unknown (``CellData.from_anndata(..., unknown=[...])``):
+        the model cannot observe it.
     """
+    check_known_covariates(batch, schema.carried, "the model observes every covariate the "
+                           "schema carries (fitting, ELBOs and counterfactuals run it)")
     values = {}
     if schema.perturbation_key is not None:
         values[sites.PERTURBATION] = observe_perturbation(batch)
@@ -163,6 +171,17 @@ def observe_all(batch: CellBatch, schema: CellSchema) -> dict[str, torch.Tensor]
                                                                  10.0), obs=batch.dose)
     values.update(observe_covariates(batch, schema))
     return values
+
+
+def check_known_covariates(batch: CellBatch, names: Sequence[str], needed_by: str) -> None:
+    """Raise a named error when the batch leaves any of ``names`` unknown."""
+    missing = [n for n in names if n not in covariate_values(batch)]
+    if missing:
+        raise ValueError(
+            f"these cells leave {missing} unknown (CellData.from_anndata(..., unknown=...)), "
+            f"but {needed_by}. Encode the cells with those columns; unknown covariates are "
+            "for encoding new cells (latent, covariate_posterior) with a guide that does not "
+            "read them.")
 
 
 def covariate_values(batch: CellBatch) -> dict[str, torch.Tensor]:
