@@ -26,6 +26,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["block_total_correlation", "gaussian_kernel", "hsic", "normalized_hsic",
            "conditional_hsic"]
@@ -95,14 +96,14 @@ def normalized_hsic(kernel_x: torch.Tensor, kernel_y: torch.Tensor,
 def conditional_hsic(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
                      bandwidth: float | None = None) -> torch.Tensor:
     """Normalised HSIC (:func:`normalized_hsic`) of ``x`` and ``y`` within each group, averaged
-    with the groups' sizes as weights.
+    with the groups' sizes as weights; all groups at once (no loop over groups).
 
     Parameters
     ----------
     x : (n, d) tensor
         E.g. a latent block (Gaussian kernel, :func:`gaussian_kernel`).
     y : (n, k) tensor
-        E.g. one-hot domains (linear kernel :math:`y y^\top`, a delta kernel for one-hot rows).
+        E.g. one-hot domains (linear kernel :math:`y y^\\top`, a delta kernel for one-hot rows).
     groups : (n,) long tensor
         The conditioning covariate's categories.
 
@@ -110,10 +111,28 @@ def conditional_hsic(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
     -------
     scalar tensor
     """
-    total = x.new_zeros(())
-    for group in torch.unique(groups):
-        member = groups == group
-        xg, yg = x[member], y[member]
-        total = total + member.sum() * normalized_hsic(gaussian_kernel(xg, bandwidth),
-                                                       yg @ yg.T)
-    return total / x.shape[0]
+    kernel_x, kernel_y = gaussian_kernel(x, bandwidth), y @ y.T
+    members = F.one_hot(torch.unique(groups, return_inverse=True)[1]).to(x.dtype)  # (n, G)
+    sizes = members.sum(0)
+    both = _grouped_hsic(kernel_x, kernel_y, members, sizes)
+    normaliser = torch.sqrt(_grouped_hsic(kernel_x, kernel_x, members, sizes)
+                            * _grouped_hsic(kernel_y, kernel_y, members, sizes) + 1e-8)
+    return (sizes * both / normaliser).sum() / x.shape[0]
+
+
+def _grouped_hsic(kernel_a: torch.Tensor, kernel_b: torch.Tensor, members: torch.Tensor,
+                  sizes: torch.Tensor) -> torch.Tensor:
+    """``(G,)`` :func:`hsic` of the kernels restricted to each group's rows and columns:
+    :math:`S_{ab}/n^2 + S_a S_b / n^4 - 2 \\sum_i r_{a,i} r_{b,i} / n^3` with block sums
+    :math:`S` and within-group row sums :math:`r`."""
+    def block_sums(matrix):  # (G,) sum of each group's diagonal block
+        return ((members.T @ matrix) * members.T).sum(1)
+
+    def row_sums(matrix):  # (n,) each row's sum over its own group's columns
+        return ((matrix @ members) * members).sum(1)
+
+    n = sizes.clamp(min=1)
+    cross = members.T @ (row_sums(kernel_a) * row_sums(kernel_b))
+    value = (block_sums(kernel_a * kernel_b) / n ** 2
+             + block_sums(kernel_a) * block_sums(kernel_b) / n ** 4 - 2 * cross / n ** 3)
+    return torch.where(sizes >= 2, value, torch.zeros_like(value))

@@ -65,3 +65,14 @@ def test_conditional_hsic_sees_dependence_within_groups_only():
     x = x_direct.requires_grad_(True)
     conditional_hsic(x, y, groups).backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_conditional_hsic_equals_the_per_group_computation():
+    torch.manual_seed(1)
+    x, groups = torch.randn(90, 3), torch.randint(0, 4, (90,))
+    groups[0] = 7  # a group of one cell contributes 0
+    y = torch.nn.functional.one_hot(torch.randint(0, 3, (90,)), 3).float()
+    expected = sum((groups == g).sum() * normalized_hsic(gaussian_kernel(x[groups == g]),
+                                                         y[groups == g] @ y[groups == g].T)
+                   for g in torch.unique(groups)) / 90
+    torch.testing.assert_close(conditional_hsic(x, y, groups), expected, rtol=1e-4, atol=1e-6)
