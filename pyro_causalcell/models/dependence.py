@@ -123,16 +123,18 @@ def conditional_hsic(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
 def _grouped_hsic(kernel_a: torch.Tensor, kernel_b: torch.Tensor, members: torch.Tensor,
                   sizes: torch.Tensor) -> torch.Tensor:
     """``(G,)`` :func:`hsic` of the kernels restricted to each group's rows and columns:
-    :math:`S_{ab}/n^2 + S_a S_b / n^4 - 2 \\sum_i r_{a,i} r_{b,i} / n^3` with block sums
-    :math:`S` and within-group row sums :math:`r`."""
-    def block_sums(matrix):  # (G,) sum of each group's diagonal block
-        return ((members.T @ matrix) * members.T).sum(1)
+    each kernel centred within the groups (:math:`H_g K H_g` on each diagonal block, zero off
+    them), then :math:`\\sum_{i,j \\in g} \\tilde K_{ij} \\tilde L_{ij} / n_g^2`. Centring
+    by subtraction keeps a constant kernel exactly zero."""
+    same_group = members @ members.T
+    size_of = members @ sizes  # each cell's group size
 
-    def row_sums(matrix):  # (n,) each row's sum over its own group's columns
-        return ((matrix @ members) * members).sum(1)
+    def centred_within(kernel):
+        rows = ((kernel @ members) * members).sum(1) / size_of
+        block_means = ((members.T @ kernel) * members.T).sum(1) / sizes.clamp(min=1) ** 2
+        return (kernel - rows[:, None] - rows[None, :] + (members @ block_means)[:, None]) \
+            * same_group
 
-    n = sizes.clamp(min=1)
-    cross = members.T @ (row_sums(kernel_a) * row_sums(kernel_b))
-    value = (block_sums(kernel_a * kernel_b) / n ** 2
-             + block_sums(kernel_a) * block_sums(kernel_b) / n ** 4 - 2 * cross / n ** 3)
+    products = (centred_within(kernel_a) * centred_within(kernel_b)).sum(1)
+    value = (members.T @ products) / sizes.clamp(min=1) ** 2
     return torch.where(sizes >= 2, value, torch.zeros_like(value))

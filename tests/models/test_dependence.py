@@ -76,3 +76,12 @@ def test_conditional_hsic_equals_the_per_group_computation():
                                                          y[groups == g] @ y[groups == g].T)
                    for g in torch.unique(groups)) / 90
     torch.testing.assert_close(conditional_hsic(x, y, groups), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_conditional_hsic_of_a_constant_nuisance_is_zero_not_nan():
+    """A counterfactual sets every cell's domain alike: the penalty must stay finite (0)."""
+    torch.manual_seed(2)
+    x, groups = torch.randn(3000, 4), torch.randint(0, 3, (3000,))
+    y = torch.nn.functional.one_hot(torch.zeros(3000, dtype=torch.long), 3).float()
+    value = conditional_hsic(x, y, groups)
+    assert torch.isfinite(value) and abs(value.item()) < 1e-6
