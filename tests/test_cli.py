@@ -448,6 +448,18 @@ def test_the_same_seed_gives_the_same_demo(tmp_path):
     assert reports[0] == reports[1]
 
 
+@pytest.mark.parametrize("name, model_class, main_block", [
+    ("multigroupvi", "MultiGroupVI", "n_latent_shared"), ("hsicvae", "HSICVAE", "n_latent")])
+def test_fit_shared_private_and_hsic_models(h5ad, tmp_path, name, model_class, main_block):
+    out = tmp_path / "results"
+    code = main(["fit", "--model", name, str(h5ad), "--out", str(out), "--domain-key", "batch",
+                 "--n-latent", "3", *FAST])
+    assert code == 0
+    assert ad.read_h5ad(out / f"cells_{name}.h5ad").obsm[f"X_{name}"].shape == (200, 3)
+    model = load(out / "model.pt")
+    assert type(model).__name__ == model_class and model.init_args[main_block] == 3
+
+
 def test_fit_invae_writes_its_invariant_latents(h5ad, tmp_path):
     out = tmp_path / "results"
     code = main(["fit", "--model", "invae", str(h5ad), "--out", str(out), "--domain-key",

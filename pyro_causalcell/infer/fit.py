@@ -158,7 +158,9 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         keeps its running statistics), e.g. when only a few global parameters are learned
         and the networks are frozen (:func:`~pyro_causalcell.infer.transfer`).
     sampler : Sampler, optional
-        How training cells are cut into minibatches (default
+        How training cells are cut into minibatches (default: the model's
+        ``default_sampler(data, batch_size)`` where it has one -- MultiGroupVI's group-balanced
+        batches, InVAE's batches balanced over (label, batch) groups -- else
         :class:`~pyro_causalcell.data.samplers.RandomSampler`);
         :class:`~pyro_causalcell.data.samplers.BalancedSampler` puts every group of a covariate
         in every batch, :class:`~pyro_causalcell.data.samplers.WithinGroupSampler` draws each
@@ -210,6 +212,8 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         groups = None if stratify is None else group_codes(data, stratify).cpu()
         train_index, validation_index = split_cells(data.n_cells, validation_fraction, generator,
                                                     groups)
+        if sampler is None and hasattr(model, "default_sampler"):
+            sampler = model.default_sampler(data, batch_size)
         sampler = sampler or RandomSampler()
         if len(train_index) == 0:
             raise ValueError(f"no cells left to train on ({data.n_cells} cells, "

@@ -3,6 +3,9 @@ r"""Kernel independence tests: HSIC with a permutation p-value, and a conditiona
 Used to check that a latent block is independent of a covariate it should not encode (for
 example ``z_x`` of the treatment), marginally or given another covariate.
 
+The HSIC maths is :mod:`pyro_causalcell.kernels` (shared with the models' differentiable
+penalties); this module adds data handling, bandwidths and permutation p-values.
+
 The Hilbert-Schmidt independence criterion (Gretton et al., 2005) of samples
 :math:`(x_i, y_i)_{i=1}^n` with kernel matrices :math:`K, L` and centring
 :math:`H = I - \tfrac1n \mathbf{1}\mathbf{1}^\top` is estimated by the (biased) V-statistic
@@ -21,7 +24,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.spatial.distance import cdist, pdist
+import torch
+from scipy.spatial.distance import pdist
+
+from .. import kernels
 
 __all__ = ["IndependenceTest", "conditional_independence_test", "gaussian_kernel", "hsic",
            "hsic_test", "kernel_ridge_residuals", "median_bandwidth"]
@@ -83,7 +89,8 @@ def median_bandwidth(values: np.ndarray, seed: int = 0) -> float:
 
 
 def gaussian_kernel(values: np.ndarray, bandwidth: float | None = None) -> np.ndarray:
-    r"""``(n, n)`` Gaussian kernel matrix :math:`\exp(-\lVert x_i - x_j\rVert^2 / 2\sigma^2)`.
+    r"""``(n, n)`` Gaussian kernel matrix :math:`\exp(-\lVert x_i - x_j\rVert^2 / 2\sigma^2)`
+    (:func:`pyro_causalcell.kernels.gaussian_kernel` in float64).
 
     Parameters
     ----------
@@ -93,13 +100,7 @@ def gaussian_kernel(values: np.ndarray, bandwidth: float | None = None) -> np.nd
     """
     values = np.asarray(values, dtype=float).reshape(len(values), -1)
     sigma = median_bandwidth(values) if bandwidth is None else float(bandwidth)
-    if not sigma > 0:
-        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
-    return np.exp(-cdist(values, values, "sqeuclidean") / (2.0 * sigma ** 2))
-
-
-def _centre(kernel: np.ndarray) -> np.ndarray:
-    return kernel - kernel.mean(0, keepdims=True) - kernel.mean(1, keepdims=True) + kernel.mean()
+    return kernels.gaussian_kernel(torch.from_numpy(values), sigma).numpy()
 
 
 def hsic(x, y) -> float:
@@ -118,8 +119,8 @@ def hsic(x, y) -> float:
     """
     x = _as_samples("x", x)
     y = _as_samples("y", y, len(x))
-    n = len(x)
-    return float(np.sum(_centre(gaussian_kernel(x)) * gaussian_kernel(y)) / n ** 2)
+    return float(kernels.hsic(torch.from_numpy(gaussian_kernel(x)),
+                              torch.from_numpy(gaussian_kernel(y))))
 
 
 def _check_permutations(n_permutations) -> int:
@@ -162,13 +163,13 @@ def hsic_test(x, y, n_permutations: int = 500, seed: int = 0) -> IndependenceTes
 
 def _permutation_hsic(x, y, n_permutations, rng) -> IndependenceTest:
     n = len(x)
-    k_centred = _centre(gaussian_kernel(x))
-    l_kernel = gaussian_kernel(y)
-    statistic = float(np.sum(k_centred * l_kernel)) / n ** 2
+    k_centred = kernels.centred(torch.from_numpy(gaussian_kernel(x)))
+    l_kernel = torch.from_numpy(gaussian_kernel(y))
+    statistic = float(kernels.hsic_of_centred(k_centred, l_kernel))
     null = np.empty(n_permutations)
     for b in range(n_permutations):
-        perm = rng.permutation(n)
-        null[b] = np.sum(k_centred * l_kernel[np.ix_(perm, perm)]) / n ** 2
+        perm = torch.from_numpy(rng.permutation(n))
+        null[b] = float(kernels.hsic_of_centred(k_centred, l_kernel[perm][:, perm]))
     return IndependenceTest(statistic, _pvalue(statistic, null))
 
 
@@ -189,9 +190,9 @@ def _stratified_test(z, t, strata, n_permutations, rng) -> IndependenceTest:
     for members in strata:
         if len(members) < 2:
             continue  # a single cell carries no information on dependence
-        k_centred = _centre(gaussian_kernel(z[members], sigma_z))
-        l_kernel = gaussian_kernel(t[members], sigma_t)
-        blocks.append((k_centred, l_kernel, len(members) / n / len(members) ** 2))
+        k_centred = kernels.centred(torch.from_numpy(gaussian_kernel(z[members], sigma_z)))
+        l_kernel = torch.from_numpy(gaussian_kernel(t[members], sigma_t))
+        blocks.append((k_centred, l_kernel, len(members) / n))
     if not blocks:
         raise ValueError("every stratum of x holds a single cell; the stratified test needs "
                          "repeated values of x (use method='residual' for continuous x)")
@@ -200,9 +201,10 @@ def _stratified_test(z, t, strata, n_permutations, rng) -> IndependenceTest:
         total = 0.0
         for i, (k_centred, l_kernel, weight) in enumerate(blocks):
             if perms is not None:
-                l_kernel = l_kernel[np.ix_(perms[i], perms[i])]
-            total += weight * np.sum(k_centred * l_kernel)
-        return float(total)
+                perm = torch.from_numpy(perms[i])
+                l_kernel = l_kernel[perm][:, perm]
+            total += weight * float(kernels.hsic_of_centred(k_centred, l_kernel))
+        return total
 
     observed = statistic()
     null = np.array([statistic([rng.permutation(len(b[1])) for b in blocks])

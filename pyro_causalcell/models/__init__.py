@@ -2,11 +2,13 @@
 
 from . import components
 from .blocks import ConditionalNormalPrior, LatentBlock, NormalPrior
+from .hsic_vae import HSICVAE
 from .invae import InVAE
+from .multigroup import MultiGroupVI
 from .registry import model_variants, register_model, registered_models
 from .sparse_shift import SPARSITY, SparseShiftVAE, target_probabilities
 from .vae import VAE
 
-__all__ = ["VAE", "SparseShiftVAE", "InVAE", "SPARSITY", "target_probabilities", "components",
+__all__ = ["VAE", "SparseShiftVAE", "InVAE", "MultiGroupVI", "HSICVAE", "SPARSITY", "target_probabilities", "components",
            "register_model", "registered_models", "model_variants",
            "LatentBlock", "NormalPrior", "ConditionalNormalPrior"]

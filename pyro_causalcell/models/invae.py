@@ -26,7 +26,8 @@ from pyro import poutine
 from torch import nn
 
 from .. import sites
-from ..data import CellBatch, CellSchema
+from ..data import BalancedSampler, CellBatch, CellData, CellSchema
+from ..data.samplers import group_codes
 from ..nn import CountDecoder
 from ..infer.steps import Adversary
 from .blocks import PRIOR_MODES, ConditionalNormalPrior, LatentBlock, NormalPrior
@@ -235,6 +236,19 @@ class InVAE(nn.Module):
         dependence = conditional_hsic(z_inv, features(values, self.spurious, self.schema),
                                       groups)
         pyro.factor(CONDITIONAL_INVARIANCE, -self.invariance_weight * batch.n_cells * dependence)
+
+    def default_sampler(self, data: CellData, batch_size: int) -> BalancedSampler | None:
+        """With the invariance penalty: minibatches balanced over the groups of the invariant
+        and spurious categorical covariates (weighted so the ELBO stays unbiased), so the
+        penalty sees cells outside their label's usual batch at every step; ``None`` (random
+        batches) without the penalty or when the groups outnumber half a batch."""
+        names = [*self._conditioning,
+                 *(n for n in self.spurious if self.schema.categories_of(n))]
+        if self.invariance_weight == 0 or len(names) < 2:
+            return None
+        if len(torch.unique(group_codes(data, names))) > batch_size // 2:
+            return None
+        return BalancedSampler(names)
 
     def adversaries(self) -> list[Adversary]:
         """The score-matching objective of the non-factorized prior (else none)."""

@@ -126,6 +126,12 @@ class VAE(nn.Module):
         """
         return contextlib.nullcontext()
 
+    def latent_penalties(self, batch: CellBatch, z: torch.Tensor,
+                         covariates: dict[str, torch.Tensor]) -> None:
+        """Factor sites on the sampled ``(batch, n_latent)`` latents, outside the cells plate
+        (none here; :class:`~pyro_causalcell.models.HSICVAE` adds its HSIC penalty).
+        ``covariates``: the observed covariate values by site name."""
+
     # ------------------------------------------------------------------ protocol
     def model(self, batch: CellBatch) -> torch.Tensor:
         """Generative program; returns the ``(batch, n_genes)`` expected expression."""
@@ -136,8 +142,11 @@ class VAE(nn.Module):
             covariates = observe_covariates(batch, self.schema) if self.use_covariates else {}
             with self.latent_mechanisms(batch, globals_), poutine.scale(scale=self.beta):
                 z = self.latent.model(batch)
-            return emit_counts(self.decoder, z, batch, self._covariates(domain, covariates),
-                               domain)
+            expression = emit_counts(self.decoder, z, batch,
+                                     self._covariates(domain, covariates), domain)
+        observed = dict(covariates) if domain is None else {sites.DOMAIN: domain, **covariates}
+        self.latent_penalties(batch, z, observed)
+        return expression
 
     def guide(self, batch: CellBatch) -> torch.Tensor:
         """Amortised posterior ``q(z | counts, domain)``; returns the sampled ``z``."""

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pyro_causalcell.models.dependence import (block_total_correlation, conditional_hsic,
-                                               gaussian_kernel, hsic, normalized_hsic)
+from pyro_causalcell.kernels import dimension_bandwidth, gaussian_kernel, hsic, normalized_hsic
+from pyro_causalcell.models.dependence import block_total_correlation, conditional_hsic
 
 
 def test_block_total_correlation_is_larger_for_dependent_blocks():
@@ -47,8 +47,9 @@ def test_hsic_closed_form_and_independence():
     torch.testing.assert_close(hsic(x @ x.T, y @ y.T), expected)
     torch.manual_seed(0)
     u, v = torch.randn(400, 2), torch.randn(400, 2)
-    dependent = normalized_hsic(gaussian_kernel(u), gaussian_kernel(u + 0.1 * v))
-    independent = normalized_hsic(gaussian_kernel(u), gaussian_kernel(v))
+    sigma = dimension_bandwidth(2)
+    dependent = normalized_hsic(gaussian_kernel(u, sigma), gaussian_kernel(u + 0.1 * v, sigma))
+    independent = normalized_hsic(gaussian_kernel(u, sigma), gaussian_kernel(v, sigma))
     assert 0.0 <= independent < 0.05 < 0.5 < dependent <= 1.0 + 1e-6
 
 
@@ -72,9 +73,12 @@ def test_conditional_hsic_equals_the_per_group_computation():
     x, groups = torch.randn(90, 3), torch.randint(0, 4, (90,))
     groups[0] = 7  # a group of one cell contributes 0
     y = torch.nn.functional.one_hot(torch.randint(0, 3, (90,)), 3).float()
-    expected = sum((groups == g).sum() * normalized_hsic(gaussian_kernel(x[groups == g]),
-                                                         y[groups == g] @ y[groups == g].T)
-                   for g in torch.unique(groups)) / 90
+    def within(g):
+        member = groups == g
+        return member.sum() * normalized_hsic(gaussian_kernel(x[member], math.sqrt(3)),
+                                              y[member] @ y[member].T)
+
+    expected = sum(within(g) for g in torch.unique(groups)) / 90
     torch.testing.assert_close(conditional_hsic(x, y, groups), expected, rtol=1e-4, atol=1e-6)
 
 
@@ -85,3 +89,12 @@ def test_conditional_hsic_of_a_constant_nuisance_is_zero_not_nan():
     y = torch.nn.functional.one_hot(torch.zeros(3000, dtype=torch.long), 3).float()
     value = conditional_hsic(x, y, groups)
     assert torch.isfinite(value) and abs(value.item()) < 1e-6
+
+
+def test_dimension_bandwidth_is_the_expected_distance_of_two_standard_normal_points():
+    torch.manual_seed(0)
+    for d in (1, 2, 10):
+        a, b = torch.randn(200000, d), torch.randn(200000, d)
+        measured = (a - b).norm(dim=-1).mean().item()
+        assert abs(dimension_bandwidth(d) - measured) / measured < 0.01
+    assert abs(dimension_bandwidth(1) - 2 / math.sqrt(math.pi)) < 1e-12
