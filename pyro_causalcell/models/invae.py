@@ -244,8 +244,9 @@ class InVAE(nn.Module):
         batches) without the penalty or when the groups outnumber half a batch."""
         names = [*self._conditioning,
                  *(n for n in self.spurious if self.schema.categories_of(n))]
-        if self.invariance_weight == 0 or len(names) < 2:
-            return None
+        if (self.invariance_weight == 0 or len(names) < 2
+                or any(data.covariate_values(n) is None for n in names)):
+            return None  # (unknown covariates: the model's own error names them)
         if len(torch.unique(group_codes(data, names))) > batch_size // 2:
             return None
         return BalancedSampler(names)

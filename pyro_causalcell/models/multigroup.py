@@ -52,7 +52,9 @@ class MultiGroupVI(nn.Module):
         With a ``domain_key``: its categories are the groups (at least two).
     n_latent_shared, n_latent_private : int
     wasserstein_weight : float
-        Weight of the squared 2-Wasserstein penalty on the other groups' private encoders.
+        Weight of the squared 2-Wasserstein penalty on the other groups' private encoders, per
+        cell. The study uses 1; with 1 the private blocks of our simulation were recovered with
+        MCC 0.74 / 0.68, with 10 (our default) 0.95 / 0.94 (seed 3, used only for this choice).
     n_hidden, n_layers, likelihood, dispersion, dropout, norm
         As in :class:`~pyro_causalcell.models.VAE`.
 
@@ -67,7 +69,7 @@ class MultiGroupVI(nn.Module):
     default_latent_site = sites.latent_site("shared")
 
     def __init__(self, schema: CellSchema, n_latent_shared: int = 10,
-                 n_latent_private: int = 10, wasserstein_weight: float = 1.0,
+                 n_latent_private: int = 10, wasserstein_weight: float = 10.0,
                  n_hidden: int = 128, n_layers: int = 1, likelihood: str = "nb",
                  dispersion: str = "gene", dropout: float = 0.0, norm: str | None = None):
         super().__init__()

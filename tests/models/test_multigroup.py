@@ -88,14 +88,14 @@ def test_blocks_recover_their_truth_and_separate_as_they_should():
     groups = adata.obs["group"].astype(str).to_numpy()
     torch.manual_seed(4)
     model = MultiGroupVI(data.schema, n_latent_shared=4, n_latent_private=2, n_hidden=64)
-    fit(model, data, max_epochs=150, lr=3e-3, progress=False, device="cpu", seed=4,
-        sampler=BalancedSampler("domain"))
+    fit(model, data, max_epochs=150, lr=3e-3, progress=False, device="cpu", seed=4)
     torch.manual_seed(4)
     vae = VAE(data.schema, n_latent=6, n_hidden=64, use_domain=False)
     fit(vae, data, max_epochs=150, lr=3e-3, progress=False, device="cpu", seed=4)
     z_vae = latent(vae, data)
     shared = latent(model, data, site="z_shared")
     private = latent(model, data, site="z_private")
+    # against a VAE with the same total number of latents (seed 4: 0.78 vs 0.73)
     assert (mean_correlation_coefficient(adata.obsm["z_shared"], shared)
             > mean_correlation_coefficient(adata.obsm["z_shared"], z_vae) + 0.02)
     blocks = adata.uns["true_private_blocks"]
@@ -105,7 +105,7 @@ def test_blocks_recover_their_truth_and_separate_as_they_should():
         cells = groups == name
         truth = adata.obsm["z_private"][cells][:, blocks[g]]
         assert (mean_correlation_coefficient(truth, private[cells])
-                > mean_correlation_coefficient(truth, z_vae[cells])), name
+                > mean_correlation_coefficient(truth, z_vae[cells]) + 0.05), name
     assert batch_mixing(shared, groups) > 0.6
     assert label_silhouette(private, groups) > label_silhouette(shared, groups) + 0.05
     # other groups' private encoders put a cell near zero
