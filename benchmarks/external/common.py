@@ -20,3 +20,17 @@ def common_parser(description: str, epochs: int) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help=".npz with latent, epoch_seconds, ...")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     return p
+
+
+def write_result(path: str, latent, obs_names, train_seconds: float, epoch_seconds: float,
+                 n_epochs: int, notes: str, **extra) -> None:
+    """The ``.npz`` the benchmark reads (``latent``, timings, ``notes``, any extra arrays), and
+    a line saying what was written."""
+    import numpy as np
+
+    np.savez(path, latent=latent, obs_names=np.asarray(obs_names).astype(str),
+             train_seconds=float(train_seconds), epoch_seconds=float(epoch_seconds),
+             n_epochs=int(n_epochs), notes=notes, **extra)
+    print(notes)
+    print(f"wrote {path}: latent {latent.shape}, train {train_seconds:.2f}s, "
+          f"{epoch_seconds:.3f}s/epoch")

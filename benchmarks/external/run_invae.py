@@ -78,7 +78,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from common import common_parser
+from common import common_parser, write_result
 
 
 def read_h5ad(path):
@@ -298,23 +298,10 @@ def main(argv=None):
         + "Train cells: encoder mean with their true one-hots. latent = invariant part "
         f"({d_inv} dims).{drop_note} Seed {args.seed}, torch threads {torch.get_num_threads()}."
     )
-    np.savez(
-        args.output,
-        latent=latent,
-        latent_encoder_zero_covariates=lat_zero,
-        latent_source=source.astype(str),
-        obs_names=np.asarray(adata.obs_names).astype(str),
-        train_seconds=float(train_seconds),
-        epoch_seconds=float(epoch_seconds),
-        n_epochs=int(n_epochs_done),
-        classifier_seconds=float(classifier_seconds),
-        predict_seconds=float(predict_seconds),
-        notes=notes,
-        **out,
-    )
-    print(notes)
-    print(f"wrote {args.output}: latent {latent.shape}, train {train_seconds:.2f}s, "
-          f"{epoch_seconds:.3f}s/epoch")
+    write_result(args.output, latent, adata.obs_names, train_seconds, epoch_seconds,
+                 n_epochs_done, notes, latent_encoder_zero_covariates=lat_zero,
+                 latent_source=source.astype(str), classifier_seconds=float(classifier_seconds),
+                 predict_seconds=float(predict_seconds), **out)
 
 
 if __name__ == "__main__":

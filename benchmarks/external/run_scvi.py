@@ -57,7 +57,7 @@ from importlib.metadata import version
 import numpy as np
 import scipy.sparse as sp
 
-from common import common_parser
+from common import common_parser, write_result
 
 
 def parse_args(argv=None):
@@ -152,19 +152,8 @@ def main(argv=None):
         + f"; latent = posterior means ({args.n_latent} dims). Seed {args.seed}, torch threads "
         f"{torch.get_num_threads()}."
     )
-    np.savez(
-        args.output,
-        latent=latent,
-        obs_names=np.asarray(adata.obs_names).astype(str),
-        train_seconds=float(train_seconds),
-        epoch_seconds=float(epoch_seconds),
-        n_epochs=int(n_epochs_done),
-        query_seconds=float(query_seconds),
-        notes=notes,
-    )
-    print(notes)
-    print(f"wrote {args.output}: latent {latent.shape}, train {train_seconds:.2f}s, "
-          f"{epoch_seconds:.3f}s/epoch")
+    write_result(args.output, latent, adata.obs_names, train_seconds, epoch_seconds,
+                 n_epochs_done, notes, query_seconds=float(query_seconds))
 
 
 if __name__ == "__main__":
