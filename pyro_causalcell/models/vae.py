@@ -88,10 +88,9 @@ class VAE(nn.Module):
         self.latent = LatentBlock("z", schema.n_genes, n_latent, NormalPrior(n_latent),
                                   n_encoder_covariates=self.n_covariates, hidden=hidden,
                                   dropout=dropout, norm=norm, site=sites.Z)
-        self.decoder = CountDecoder(n_latent, schema.n_genes, hidden,
-                                    n_covariates=self.n_covariates, likelihood=likelihood,
-                                    dispersion=dispersion, n_domains=self.n_domains,
-                                    dropout=dropout, norm=norm)
+        #: further latent blocks decoded beside ``"z"`` (none here; subclasses add them)
+        self.other_blocks = nn.ModuleList()
+        self.decoder = self.count_decoder(n_latent)
         self.pyro_name = f"vae_{uuid.uuid4().hex[:8]}"
         self._register_load_state_dict_pre_hook(_encoder_saved_before_blocks, with_module=True)
 
@@ -99,6 +98,14 @@ class VAE(nn.Module):
     def encoder(self) -> GaussianEncoder:
         """The amortised posterior of ``"z"`` (the latent block's encoder)."""
         return self.latent.encoder
+
+    def count_decoder(self, n_inputs: int) -> CountDecoder:
+        """A count decoder of ``n_inputs`` latent dimensions with this model's settings."""
+        args = self.init_args
+        return CountDecoder(n_inputs, self.schema.n_genes, [args["n_hidden"]] * args["n_layers"],
+                            n_covariates=self.n_covariates, likelihood=args["likelihood"],
+                            dispersion=args["dispersion"], n_domains=self.n_domains,
+                            dropout=args["dropout"], norm=args["norm"])
 
     def _covariates(self, domain: torch.Tensor | None,
                     covariates: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -126,10 +133,12 @@ class VAE(nn.Module):
         """
         return contextlib.nullcontext()
 
-    def latent_penalties(self, batch: CellBatch, z: torch.Tensor,
+    def latent_penalties(self, batch: CellBatch, latents: dict[str, torch.Tensor],
                          covariates: dict[str, torch.Tensor]) -> None:
-        """Factor sites on the sampled ``(batch, n_latent)`` latents, outside the cells plate
-        (none here; :class:`~pyro_causalcell.models.HSICVAE` adds its HSIC penalty).
+        """Factor sites on the sampled latents, outside the cells plate (none here;
+        :class:`~pyro_causalcell.models.HSICVAE` adds its HSIC penalty).
+
+        ``latents``: ``(batch, n)`` samples by site name (``"z"`` and :attr:`other_blocks`);
         ``covariates``: the observed covariate values by site name."""
 
     # ------------------------------------------------------------------ protocol
@@ -141,19 +150,23 @@ class VAE(nn.Module):
             domain = observe_domain(batch, self.n_domains) if self.n_domains else None
             covariates = observe_covariates(batch, self.schema) if self.use_covariates else {}
             with self.latent_mechanisms(batch, globals_), poutine.scale(scale=self.beta):
-                z = self.latent.model(batch)
-            expression = emit_counts(self.decoder, z, batch,
+                latents = {block.site: block.model(batch)
+                           for block in (self.latent, *self.other_blocks)}
+            expression = emit_counts(self.decoder, torch.cat(list(latents.values()), -1), batch,
                                      self._covariates(domain, covariates), domain)
         observed = dict(covariates) if domain is None else {sites.DOMAIN: domain, **covariates}
-        self.latent_penalties(batch, z, observed)
+        self.latent_penalties(batch, latents, observed)
         return expression
 
     def guide(self, batch: CellBatch) -> torch.Tensor:
         """Amortised posterior ``q(z | counts, domain)``; returns the sampled ``z``."""
         pyro.module(self.pyro_name, self)
         self.guide_globals(batch)
+        features = self._covariates(batch.domain, batch.covariates)
         with cells_plate(batch), poutine.scale(scale=self.beta):
-            return self.latent.guide(batch, self._covariates(batch.domain, batch.covariates))
+            for block in self.other_blocks:
+                block.guide(batch, features)
+            return self.latent.guide(batch, features)
 
 
 def _encoder_saved_before_blocks(module, state_dict, prefix, *args) -> None:

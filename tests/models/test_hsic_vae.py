@@ -55,3 +55,51 @@ def test_latent_becomes_independent_of_the_batch_at_a_comparable_elbo(adata):
     assert hsic_ours < 0.5 * hsic_vae, results
     assert mixing_ours > mixing_vae + 0.02, results
     assert elbo_ours > elbo_vae - 0.05 * abs(elbo_vae), results
+
+
+def test_nuisance_latent_block_sites_shapes_and_errors(adata):
+    data = CellData.from_anndata(adata, domain_key="domain")
+    model = HSICVAE(data.schema, n_latent=3, n_hidden=16, nuisance=[], nuisance_latent=2)
+    batch = data.batch(torch.arange(32))
+    guide = poutine.trace(model.guide).get_trace(batch)
+    trace = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(batch)
+    assert trace.nodes["z"]["value"].shape == (32, 3)
+    assert trace.nodes["z_nuisance"]["value"].shape == (32, 2)
+    assert trace.nodes["z_nuisance"]["value"] is guide.nodes["z_nuisance"]["value"]
+    assert "hsic" in trace.nodes
+    assert latent(model, data, site="z_nuisance").shape == (adata.n_obs, 2)
+    with pytest.raises(ValueError, match="nuisance_latent must be an int >= 0"):
+        HSICVAE(data.schema, nuisance_latent=-1)
+    with pytest.raises(ValueError, match=r"nuisance=\[\]: .*nuisance_latent > 0"):
+        HSICVAE(data.schema, nuisance=[])
+
+
+def test_nuisance_latent_block_takes_the_batch_effect_off_z(adata):
+    # no domain in the decoder: the batch effect must go through a latent
+    data = CellData.from_anndata(adata, domain_key="domain")
+    domains = adata.obs["domain"].astype(str).to_numpy()
+    fitted = {}
+    for name, make in [
+            ("vae", lambda: VAE(data.schema, n_latent=4, n_hidden=64, use_domain=False)),
+            ("off", lambda: HSICVAE(data.schema, n_latent=4, n_hidden=64, use_domain=False,
+                                    nuisance_latent=2, hsic_weight=0.0)),
+            ("on", lambda: HSICVAE(data.schema, n_latent=4, n_hidden=64, use_domain=False,
+                                   nuisance_latent=2))]:
+        torch.manual_seed(6)
+        model = make()
+        history = fit(model, data, max_epochs=80, lr=3e-3, progress=False, device="cpu",
+                      seed=6)
+        fitted[name] = (model, latent(model, data), history.validation_elbo[-1])
+    z_vae, z_off, z_on = (fitted[n][1] for n in ("vae", "off", "on"))
+    u_off = latent(fitted["off"][0], data, site="z_nuisance")
+    u_on = latent(fitted["on"][0], data, site="z_nuisance")
+    summary = dict(hsic=(hsic(z_vae, domains), hsic(z_on, domains), hsic(u_on, domains)),
+                   mixing=(batch_mixing(z_vae, domains), batch_mixing(z_on, domains)),
+                   z_u=(hsic(z_off, u_off), hsic(z_on, u_on)),
+                   elbo=tuple(fitted[n][2] for n in ("vae", "off", "on")))
+    assert summary["hsic"][1] < 0.5 * summary["hsic"][0], summary
+    assert summary["hsic"][2] > 4 * summary["hsic"][1], summary  # the batch went to u
+    assert summary["mixing"][1] > summary["mixing"][0] + 0.2, summary
+    assert summary["z_u"][1] < 0.3 * summary["z_u"][0], summary
+    elbo_vae, _, elbo_on = summary["elbo"]
+    assert elbo_on > elbo_vae - 0.05 * abs(elbo_vae), summary
