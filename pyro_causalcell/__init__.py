@@ -10,12 +10,12 @@ from .data import (BalancedSampler, CellBatch, CellData, CellSchema, DataValidat
                    RandomSampler, WithinGroupSampler)
 from .infer import (LatentClassifier, TrainingHistory, counterfactual, covariate_posterior, fit,
                     global_posterior, interventional, latent, load, save, transfer)
-from .models import (HSICVAE, VAE, InVAE, MultiGroupVI, SparseShiftVAE, register_model,
+from .models import (FCR, HSICVAE, VAE, InVAE, MultiGroupVI, SparseShiftVAE, register_model,
                      target_probabilities)
 
 __all__ = ["__version__", "sites", "CellBatch", "CellData", "CellSchema", "DataValidationError",
            "RandomSampler", "BalancedSampler", "WithinGroupSampler",
            "TrainingHistory", "fit", "latent", "load", "save", "transfer", "global_posterior",
            "counterfactual", "interventional", "covariate_posterior", "LatentClassifier",
-           "VAE", "SparseShiftVAE", "InVAE", "MultiGroupVI", "HSICVAE", "target_probabilities",
+           "VAE", "SparseShiftVAE", "InVAE", "MultiGroupVI", "HSICVAE", "FCR", "target_probabilities",
            "register_model"]

@@ -95,6 +95,9 @@ class Adversary:
     steps : int
         Updates per ELBO step (``k`` in "k discriminator steps per generator step").
     lr : float
+    eps : float, optional
+        Adam's epsilon (default: the ELBO optimiser's ``adam_eps``, whose 0.01 damps the small
+        gradients of a classifier's loss: a discriminator wants ``1e-8``).
     start_epoch : int
         First epoch in which it trains.
     every : int
@@ -106,6 +109,7 @@ class Adversary:
     loss: Callable[[CellBatch], torch.Tensor]
     steps: int = 1
     lr: float = 1e-3
+    eps: float | None = None
     start_epoch: int = 0
     every: int = 1
 
@@ -162,7 +166,8 @@ class TrainingStep:
             raise ValueError("no parameters to train: the model has none outside its "
                              "adversaries, or parameters=[] was given")
         self.optimizer = make_adam(self.parameters, lr, weight_decay, adam_eps)
-        self.adversary_optimizers = {a.name: make_adam(a.module.parameters(), a.lr, eps=adam_eps)
+        self.adversary_optimizers = {a.name: make_adam(a.module.parameters(), a.lr,
+                                                       eps=adam_eps if a.eps is None else a.eps)
                                      for a in self.adversaries}
         self.penalty_weights = dict(penalty_weights or {})
         self.penalties = PenaltyMessenger()

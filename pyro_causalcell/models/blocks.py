@@ -21,7 +21,7 @@ from .. import sites
 from ..data import CellBatch
 from ..nn import MLP, GaussianEncoder
 
-__all__ = ["NormalPrior", "ConditionalNormalPrior", "LatentBlock"]
+__all__ = ["NormalPrior", "ConditionalNormalPrior", "InteractionPrior", "LatentBlock"]
 
 PRIOR_MODES = ("variance", "mean", "both")
 
@@ -73,6 +73,78 @@ class ConditionalNormalPrior(nn.Module):
             loc = torch.zeros_like(loc)
         scale = F.softplus(raw_scale) + 1e-4 if self.mode != "mean" else torch.ones_like(loc)
         return dist.Normal(loc, scale).to_event(1)
+
+
+class InteractionPrior(nn.Module):
+    r""":math:`p(z \mid x, t) = \mathcal{N}(b + A h, \operatorname{diag}\sigma^2(h))` with
+    :math:`h = \sum_k t_k\,(e_x(x) - \bar e_{x,k}) \odot v_k`: the elementwise product of a
+    covariate embedding :math:`e_x` and each treatment's embedding :math:`v_k`, so a pair never
+    seen together still has a prior built from what each member did with others.
+
+    :math:`\bar e_{x,k}` is the mean covariate embedding of the cells that received treatment
+    :math:`k` (a running average over training minibatches, like batch norm's statistics, kept
+    in the buffer ``covariate_means``). So the interaction averages to zero over the contexts
+    a treatment was given in (the treatment's common effect is left to its own block, an
+    ANOVA-style constraint), and :math:`t = 0` gives every control cell the same prior.
+    :meth:`interaction` (:math:`A h`) is what a model may shrink towards zero.
+
+    Parameters
+    ----------
+    n_covariates, n_treatments : int
+        Widths of the covariate features :math:`x` and treatment features :math:`t`; the
+        ``covariates`` passed to :meth:`forward` are ``[x, t]``.
+    n_latent : int
+    n_embedding : int
+        Width of the embeddings.
+    momentum : float
+        Weight of each training minibatch in the running covariate means.
+    """
+
+    def __init__(self, n_covariates: int, n_treatments: int, n_latent: int,
+                 n_embedding: int = 32, momentum: float = 0.1):
+        super().__init__()
+        self.n_covariates, self.n_latent, self.momentum = n_covariates, n_latent, momentum
+        self.covariate_embedding = nn.Linear(n_covariates, n_embedding, bias=False)
+        nn.init.normal_(self.covariate_embedding.weight, std=0.1)
+        self.treatment_embedding = nn.Linear(n_treatments, n_embedding, bias=False)
+        self.loc = nn.Linear(n_embedding, n_latent, bias=False)
+        self.control_loc = nn.Parameter(torch.zeros(n_latent))
+        self.raw_scale = nn.Linear(n_embedding, n_latent)
+        self.register_buffer("covariate_means",
+                             torch.full((n_treatments, n_covariates), 1.0 / n_covariates))
+
+    def _embedded(self, covariates: torch.Tensor, update: bool = False) -> torch.Tensor:
+        x, t = covariates.split([self.n_covariates, covariates.shape[-1] - self.n_covariates],
+                                -1)
+        if update:
+            self._update_means(x.detach(), t.detach())
+        # (n_treatments, n_embedding); a copy, so a later update leaves this graph alone
+        centres = self.covariate_embedding(self.covariate_means.clone())
+        treatment = self.treatment_embedding.weight.T             # (n_treatments, n_embedding)
+        return (self.covariate_embedding(x) * self.treatment_embedding(t)
+                - t @ (centres * treatment))
+
+    def _update_means(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        """Move each treatment's covariate mean towards this minibatch's (treated cells only)."""
+        weights = t.abs()                                           # (batch, n_treatments)
+        totals = weights.sum(0)
+        given = totals > 0
+        if not bool(given.any()):
+            return
+        batch_means = (weights.T @ x) / totals.clamp(min=1e-12).unsqueeze(-1)
+        updated = torch.lerp(self.covariate_means, batch_means, self.momentum)
+        self.covariate_means.copy_(torch.where(given.unsqueeze(-1), updated,
+                                               self.covariate_means))
+
+    def interaction(self, covariates: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_latent)`` :math:`A h`: the prior mean minus the controls'."""
+        return self.loc(self._embedded(covariates))
+
+    def forward(self, covariates: torch.Tensor, n_cells: int,
+                like: torch.Tensor) -> dist.Distribution:
+        embedded = self._embedded(covariates, update=self.training)
+        loc = self.control_loc + self.loc(embedded)
+        return dist.Normal(loc, F.softplus(self.raw_scale(embedded)) + 1e-4).to_event(1)
 
 
 class LatentBlock(nn.Module):
