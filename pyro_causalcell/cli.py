@@ -104,7 +104,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--n-latent", type=positive_int, default=10,
                        help="latent size (invae: of the invariant block; multigroupvi: of the shared "
-                            "block) (default: %(default)s)")
+                            "block; fcr: of the treatment block) (default: %(default)s)")
     group.add_argument("--n-hidden", type=positive_int, default=128, help="default: %(default)s")
     group.add_argument("--n-layers", type=positive_int, default=1, help="default: %(default)s")
     group.add_argument("--beta", type=positive_float, default=1.0,
@@ -292,9 +292,9 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
                    beta=args.beta, likelihood=args.likelihood,
                    sparsity_weight=args.sparsity_weight)
     accepted = inspect.signature(cls).parameters
-    main_block = next((p for p in accepted if p.startswith("n_latent")), None)
-    if "n_latent" not in accepted and main_block:  # InVAE's z_inv, MultiGroupVI's z_shared
-        options[main_block] = options.pop("n_latent")
+    if "n_latent" not in accepted:  # a block model: --n-latent sizes the block latent() reads
+        site = getattr(cls, "default_latent_site", "")  # z_inv, z_shared, z_t
+        options["n_latent_" + site.removeprefix("z_")] = options.pop("n_latent")
     model = cls(data.schema, **{k: v for k, v in options.items() if k in accepted}, **variant)
     history = fit(model, data, max_epochs=args.max_epochs, batch_size=args.batch_size,
                   lr=args.lr, kl_warmup_epochs=args.kl_warmup_epochs,

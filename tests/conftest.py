@@ -92,3 +92,16 @@ def seeded():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def replayed():
+    """``replayed(model, batch) -> (guide_trace, model_trace)``: the guide traced, and the
+    model traced while replaying the guide's latents."""
+    from pyro import poutine
+
+    def traces(model, batch):
+        guide = poutine.trace(model.guide).get_trace(batch)
+        return guide, poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(batch)
+
+    return traces

@@ -18,7 +18,7 @@ import pytest
 
 from pyro_causalcell import VAE, CellData, latent, load
 from pyro_causalcell.cli import main
-from pyro_causalcell.simulate import cell_types
+from pyro_causalcell.simulate import cell_types, factorized
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = ["--max-epochs", "2", "--n-hidden", "16", "--quiet", "--device", "cpu"]
@@ -199,7 +199,7 @@ def test_fit_refuses_an_unknown_model(h5ad, tmp_path, capsys):
 def test_fit_svae_plus_writes_target_probabilities(tmp_path, capsys):
     from pyro_causalcell.simulate.sparse_shift import sparse_shift
 
-    path = tmp_path / "screen.h5ad"
+    path = tmp_path / "cells.h5ad"
     sparse_shift(n_latent=3, n_perturbations=4, n_cells_per_perturbation=30, n_genes=40,
                  n_control_cells=30, seed=0).write_h5ad(path)
     out = tmp_path / "out"
@@ -469,3 +469,17 @@ def test_fit_invae_writes_its_invariant_latents(h5ad, tmp_path):
     assert result.obsm["X_invae"].shape == (200, 3)
     model = load(out / "model.pt")
     assert type(model).__name__ == "InVAE" and model.invariant == ["label"]
+
+
+def test_fit_fcr_writes_its_treatment_latents(tmp_path):
+    path = tmp_path / "cells.h5ad"
+    factorized(n_cells=200, n_genes=30, n_covariates=2, n_treatments=2, seed=1).write_h5ad(path)
+    out = tmp_path / "results"
+    code = main(["fit", "--model", "fcr", str(path), "--out", str(out), "--perturbation-key",
+                 "treatment", "--control", "control", "--domain-key", "covariate",
+                 "--dose-key", "dose", "--n-latent", "3", *FAST])
+    assert code == 0
+    assert ad.read_h5ad(out / "cells_fcr.h5ad").obsm["X_fcr"].shape == (200, 3)
+    model = load(out / "model.pt")
+    assert type(model).__name__ == "FCR" and model.init_args["n_latent_t"] == 3
+    assert model.schema.dose_key == "dose"

@@ -20,16 +20,11 @@ def data() -> CellData:
     return CellData.from_anndata(adata, domain_key="domain", label_key="label")
 
 
-def traces(model, batch):
-    guide = poutine.trace(model.guide).get_trace(batch)
-    return guide, poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(batch)
-
-
-def test_sites_and_default_covariates(data):
+def test_sites_and_default_covariates(data, replayed):
     torch.manual_seed(0)
     model = InVAE(data.schema, n_latent_inv=3, n_latent_spur=2, n_hidden=16)
     assert (model.invariant, model.spurious) == (["label"], ["domain"])
-    guide, trace = traces(model, data.batch(torch.arange(8)))
+    guide, trace = replayed(model, data.batch(torch.arange(8)))
     assert trace.nodes["label"]["is_observed"] and trace.nodes["domain"]["is_observed"]
     assert trace.nodes["z_inv"]["value"].shape == (8, 3)
     assert trace.nodes["z_spur"]["value"].shape == (8, 2)
@@ -52,7 +47,7 @@ def test_the_guide_does_not_need_the_label(data):
                        without.nodes["z_inv"]["fn"].base_dist.loc)
 
 
-def test_prior_variants_and_the_empty_covariate_set(data):
+def test_prior_variants_and_the_empty_covariate_set(data, replayed):
     for mode in ("variance", "mean", "both"):
         assert InVAE(data.schema, prior=mode).inv.prior.mode == mode
     assert isinstance(InVAE(data.schema, prior="none").inv.prior, NormalPrior)
@@ -66,7 +61,7 @@ def test_prior_variants_and_the_empty_covariate_set(data):
     decoder_only = InVAE(data.schema, n_latent_inv=3, spurious_in_decoder=True, n_hidden=16)
     assert decoder_only.spur is None
     assert decoder_only.decoder.net.layers[0].in_features == 3 + data.schema.n_domains
-    _, trace = traces(decoder_only, data.batch(torch.arange(4)))
+    _, trace = replayed(decoder_only, data.batch(torch.arange(4)))
     assert "z_spur" not in trace.nodes
 
 
@@ -83,11 +78,11 @@ def test_bad_arguments_are_named(data, kwargs, message):
         InVAE(data.schema, **kwargs)
 
 
-def test_do_domain_reaches_only_the_spurious_prior(data):
+def test_do_domain_reaches_only_the_spurious_prior(data, replayed):
     torch.manual_seed(0)
     model = InVAE(data.schema, n_latent_inv=3, n_hidden=16, prior="mean")
     batch = data.batch(torch.arange(12))
-    guide, trace = traces(model, batch)
+    guide, trace = replayed(model, batch)
     other = (batch.domain + 1) % data.schema.n_domains
     moved = poutine.trace(poutine.replay(pyro.do(model.model, data={"domain": other}),
                                          trace=guide)).get_trace(batch)
@@ -112,14 +107,14 @@ def test_fit_latent_counterfactual_and_round_trip(data, tmp_path):
     np.testing.assert_allclose(latent(restored, data), z_inv, rtol=1e-5, atol=1e-6)
 
 
-def test_penalties_are_recorded_and_reach_the_encoders(data):
+def test_penalties_are_recorded_and_reach_the_encoders(data, replayed):
     """The total-correlation and invariance factors enter the loss with their weights, are
     reported apart from the ELBO, and their gradients reach the encoders."""
     torch.manual_seed(0)
     model = InVAE(data.schema, n_latent_inv=3, n_latent_spur=2, n_hidden=16, tc_weight=1.0,
                   invariance_weight=5.0)
     batch = data.batch(torch.arange(64), n_cells=data.n_cells)
-    guide, trace = traces(model, batch)
+    guide, trace = replayed(model, batch)
     trace.compute_log_prob()
     for site in ("total_correlation", "conditional_invariance"):
         model.zero_grad()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pyro import poutine
 
 from pyro_causalcell import (VAE, BalancedSampler, CellData, MultiGroupVI, fit, latent, load,
                              save)
@@ -20,16 +19,11 @@ def data() -> CellData:
                                  domain_key="group")
 
 
-def traces(model, batch):
-    guide = poutine.trace(model.guide).get_trace(batch)
-    return guide, poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(batch)
-
-
-def test_sites_slots_and_the_penalty(data):
+def test_sites_slots_and_the_penalty(data, replayed):
     torch.manual_seed(0)
     model = MultiGroupVI(data.schema, n_latent_shared=3, n_latent_private=2, n_hidden=16)
     batch = data.batch(torch.arange(12))
-    guide, trace = traces(model, batch)
+    guide, trace = replayed(model, batch)
     assert trace.nodes["z_shared"]["value"].shape == (12, 3)
     assert trace.nodes["z_private"]["value"].shape == (12, 2)
     assert trace.nodes["domain"]["is_observed"] and "wasserstein" in trace.nodes
@@ -44,7 +38,7 @@ def test_sites_slots_and_the_penalty(data):
     model.zero_grad()
     own = int(batch.domain[0])
     single = data.batch(torch.arange(1))
-    _, one = traces(model, single)
+    _, one = replayed(model, single)
     one.compute_log_prob()
     one.nodes["wasserstein"]["log_prob_sum"].backward()
     for group, encoder in enumerate(model.private_encoders):

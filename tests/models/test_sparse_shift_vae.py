@@ -22,17 +22,12 @@ def sim():
     return adata, data
 
 
-def traces(model, batch):
-    guide = poutine.trace(model.guide).get_trace(batch)
-    return guide, poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(batch)
-
-
 @pytest.mark.parametrize("sparsity", ["vae", "ivae", "svae", "svae+"])
-def test_sites_and_shapes(sim, sparsity):
+def test_sites_and_shapes(sim, sparsity, replayed):
     _, data = sim
     model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity=sparsity)
     batch = data.batch(torch.arange(20))
-    guide, trace = traces(model, batch)
+    guide, trace = replayed(model, batch)
     P = data.schema.n_perturbations
     if sparsity == "vae":
         assert "shift" not in trace.nodes and "perturbation" not in trace.nodes
