@@ -1,0 +1,240 @@
+"""FCR on Kang 2018 IFN-beta: each cell type's stimulated cells held out in turn and predicted as
+counterfactuals of that type's control cells, against iVAE, sVAE+, the naive baseline and CPA.
+
+Data: ``kang2018_ifnb_muscat_example.h5ad`` (1,556 PBMCs x 1,267 genes, 5 cell types, ctrl /
+stim), read from ``$CAUSALCELL_DATA_DIR`` or ``../shared/data`` beside the repository.
+
+Protocol, one run, one seed, the same split for every method. For each cell type ``c``:
+
+1. training cells = every cell but the stimulated cells of ``c`` (x = cell type, the domain;
+   t = the condition, control ``ctrl``);
+2. predictions of the held-out cells from the control cells of ``c``:
+   FCR and FCR without its permutation discriminators (``do(perturbation="stim")``), iVAE and
+   sVAE+ (``SparseShiftVAE`` as in ``kang_heldout_response.py``), the naive baseline (the
+   controls plus the mean log-normalised stimulation shift of the other types) and, with
+   ``--cpa-python``, CPA (``cpa-tools`` in its own environment, ``external/run_cpa.py``);
+   model counterfactuals are counts drawn at each control cell's library size (one per cell);
+3. scores on log-normalised expression (``log1p`` of counts per 10,000): R^2 of the mean over
+   all genes and over the top 50 DE genes (control vs observed stimulated), and the energy
+   distance between predicted and observed cells;
+4. for FCR (with and without discriminators) on its training cells: the NMI of k-means
+   clusters of each block with the cell type, the condition and their combination (the
+   study's clustering table), and kernel conditional-independence p-values on posterior
+   samples (800 cells, 200 permutations): z_x indep. t | x, z_t indep. x | t,
+   z_tx indep. z_x | (x, t), z_tx indep. z_t | (x, t).
+
+    python benchmarks/fcr_benchmark.py --out bench_fcr \\
+        --cpa-python /work/bench_envs/cpa/bin/python     # about 25 minutes on 2 CPU cores
+
+Writes ``response.csv``, ``blocks.csv`` and ``independence.csv`` under ``--out`` and prints
+the tables (means over the held-out types, and per type).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kang_heldout_response import FILE, data_dir, dense, naive_baseline, scores  # noqa: E402
+
+BLOCKS = ("z_x", "z_t", "z_tx")
+
+
+def fit_fcr(data, args, discriminator_weight: float | None):
+    from pyro_causalcell import FCR, fit
+
+    torch.manual_seed(args.seed)
+    options = {} if discriminator_weight is None else {"discriminator_weight":
+                                                       discriminator_weight}
+    model = FCR(data.schema, n_latent_x=args.n_latent, n_latent_t=args.n_latent,
+                n_latent_tx=args.n_latent, **options)
+    start = time.perf_counter()
+    fit(model, data, max_epochs=args.epochs, kl_warmup_epochs=args.epochs // 5, lr=3e-3,
+        batch_size=256, seed=args.seed, progress=False)
+    return model, time.perf_counter() - start
+
+
+def fit_sparse_shift(data, args, sparsity: str):
+    from pyro_causalcell import SparseShiftVAE, fit
+
+    torch.manual_seed(args.seed)
+    model = SparseShiftVAE(data.schema, n_latent=args.n_latent, sparsity=sparsity,
+                           sparsity_weight=20.0, use_domain=False)
+    start = time.perf_counter()
+    fit(model, data, max_epochs=args.epochs, kl_warmup_epochs=args.epochs // 5, lr=3e-3,
+        seed=args.seed, progress=False)
+    return model, time.perf_counter() - start
+
+
+def block_structure(model, train: ad.AnnData, data, seed: int) -> tuple[dict, dict]:
+    """NMI of each block's k-means clusters with x, t, x-by-t; CI-test p-values."""
+    from pyro_causalcell import latent
+    from pyro_causalcell.metrics import (conditional_independence_test, kmeans,
+                                         normalized_mutual_information)
+
+    x = train.obs["cell_type"].astype(str).to_numpy()
+    t = train.obs["condition"].astype(str).to_numpy()
+    xt = np.char.add(np.char.add(x, "|"), t)
+    nmi = {}
+    for site in BLOCKS:
+        z = latent(model, data, site=site)
+        for name, labels in [("x", x), ("t", t), ("x*t", xt)]:
+            clusters = kmeans(z, len(np.unique(labels)), seed=seed)[0]
+            nmi[f"{site} ~ {name}"] = normalized_mutual_information(clusters, labels)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.eval()
+        samples = {k: v.cpu().numpy() for k, v in
+                   model.guide(data.batch(torch.arange(data.n_cells))).items()}
+    cells = np.random.default_rng(seed).choice(len(x), min(800, len(x)), replace=False)
+
+    def pvalue(z, other, given):
+        return conditional_independence_test(z[cells], other[cells], given[cells],
+                                             n_permutations=200, seed=seed).pvalue
+
+    tests = {"z_x indep t | x": pvalue(samples["z_x"], t, x),
+             "z_t indep x | t": pvalue(samples["z_t"], x, t),
+             "z_tx indep z_x | x,t": pvalue(samples["z_tx"], samples["z_x"], xt),
+             "z_tx indep z_t | x,t": pvalue(samples["z_tx"], samples["z_t"], xt)}
+    return nmi, tests
+
+
+def run_cpa(python: str, adata: ad.AnnData, held_out: np.ndarray, cell_type: str,
+            args) -> tuple[np.ndarray, np.ndarray, float]:
+    """CPA's counterfactual (log-normalised) of the type's control cells, in its own venv."""
+    script = Path(__file__).resolve().parent / "external" / "run_cpa.py"
+    with tempfile.TemporaryDirectory() as folder:
+        path, output = Path(folder) / "input.h5ad", Path(folder) / "cpa.npz"
+        copy = adata.copy()
+        copy.obs["split"] = np.where(held_out, "held_out", "train")
+        copy.write_h5ad(path)
+        command = [python, str(script), "--input", str(path), "--perturbation-key",
+                   "condition", "--control", "ctrl", "--covariate-key", "cell_type",
+                   "--held-out-type", cell_type, "--epochs", str(args.cpa_epochs), "--seed",
+                   str(args.seed), "--output", str(output), "--threads", "2"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        result = np.load(output, allow_pickle=False)
+        return result["predicted"], result["obs_names"], float(result["train_seconds"])
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A markdown table of ``table`` (index as the first column), without extra packages."""
+    lines = ["| | " + " | ".join(map(str, table.columns)) + " |",
+             "|---|" + "---:|" * len(table.columns)]
+    for name, row in table.iterrows():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cell-types", default=None,
+                        help="comma-separated cell types to hold out (default: all)")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--n-latent", type=int, default=8, help="per FCR block; the VAEs' size")
+    parser.add_argument("--cpa-python", help="python of the cpa-tools environment")
+    parser.add_argument("--cpa-epochs", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    from pyro_causalcell import CellData, counterfactual
+    from pyro_causalcell.plotting import log_normalise
+
+    path = data_dir() / FILE
+    if not path.exists():
+        raise SystemExit(f"{path} not found; set CAUSALCELL_DATA_DIR to the folder holding {FILE}")
+    adata = ad.read_h5ad(path)
+    obs = adata.obs
+    types = (sorted(obs["cell_type"].unique()) if args.cell_types is None
+             else [c.strip() for c in args.cell_types.split(",")])
+    logged = log_normalise(dense(adata.X).astype(float))
+    response, blocks, independence = [], [], []
+    for cell_type in types:
+        is_type = (obs["cell_type"] == cell_type).to_numpy()
+        is_stim = (obs["condition"] == "stim").to_numpy()
+        held_out = is_type & is_stim
+        train = adata[~held_out].copy()
+        source = adata[is_type & ~is_stim].copy()
+        observed, control = logged[held_out], logged[is_type & ~is_stim]
+        data = CellData.from_anndata(train, perturbation_key="condition", control="ctrl",
+                                     domain_key="cell_type")
+        print(f"{cell_type}: {held_out.sum()} held out, {source.n_obs} controls", flush=True)
+        rows = {"control cells (no response)": scores(control, observed, control),
+                "naive baseline": scores(naive_baseline(adata, cell_type, logged), observed,
+                                         control)}
+        fitted = {"FCR": lambda: fit_fcr(data, args, None),
+                  "FCR, no discriminators": lambda: fit_fcr(data, args, 0.0),
+                  "iVAE": lambda: fit_sparse_shift(data, args, "ivae"),
+                  "sVAE+": lambda: fit_sparse_shift(data, args, "svae+")}
+        for name, make in fitted.items():
+            model, seconds = make()
+            predicted = counterfactual(model, source, {"perturbation": "stim"}, n_samples=1,
+                                       output="counts", seed=args.seed)
+            rows[name] = {**scores(log_normalise(predicted.X.astype(float)), observed, control),
+                          "fit_seconds": seconds}
+            if name.startswith("FCR"):
+                nmi, tests = block_structure(model, train, data, args.seed)
+                blocks.append({"cell_type": cell_type, "model": name, **nmi})
+                independence.append({"cell_type": cell_type, "model": name, **tests})
+            print(f"  {name}: {seconds:.0f} s, R^2 top-50 {rows[name]['r2_top50_de']:.3f}",
+                  flush=True)
+        if args.cpa_python:
+            predicted, names, seconds = run_cpa(args.cpa_python, adata, held_out, cell_type,
+                                                args)
+            order = pd.Index(names).get_indexer(source.obs_names)
+            rows["CPA (cpa-tools)"] = {**scores(predicted[order], observed, control),
+                                       "fit_seconds": seconds}
+            print(f"  CPA: {seconds:.0f} s, R^2 top-50 "
+                  f"{rows['CPA (cpa-tools)']['r2_top50_de']:.3f}", flush=True)
+        for name, row in rows.items():
+            response.append({"cell_type": cell_type, "prediction": name, **row})
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    response, blocks, independence = (pd.DataFrame(response), pd.DataFrame(blocks),
+                                      pd.DataFrame(independence))
+    response.to_csv(args.out / "response.csv", index=False)
+    blocks.to_csv(args.out / "blocks.csv", index=False)
+    independence.to_csv(args.out / "independence.csv", index=False)
+    columns = ["r2_all_genes", "r2_top50_de", "energy_distance", "fit_seconds"]
+    order = list(dict.fromkeys(response["prediction"]))
+    print("\nheld-out stimulated cells, mean [min, max] over the held-out types\n")
+    summary = response.groupby("prediction", sort=False)[columns].agg(["mean", "min", "max"])
+    print("| prediction | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name in order:
+        cells = []
+        for c in columns:
+            mean, low, high = summary.loc[name, c]
+            cells.append("—" if np.isnan(mean) else f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nper held-out type, R^2 on the top-50 DE genes\n")
+    print(markdown(response.pivot(index="prediction", columns="cell_type",
+                                  values="r2_top50_de").loc[order]))
+    print("\nFCR blocks: NMI of k-means clusters with x (cell type), t (condition), x*t; "
+          "mean over folds\n")
+    print(markdown(blocks.groupby("model", sort=False).mean(numeric_only=True).T))
+    print("\nconditional-independence p-values (posterior samples; median [min, max] over "
+          "folds)\n")
+    stats = independence.groupby("model", sort=False).agg(["median", "min", "max"])
+    table = {model: {test: f"{stats.loc[model, (test, 'median')]:.3f} "
+                           f"[{stats.loc[model, (test, 'min')]:.3f}, "
+                           f"{stats.loc[model, (test, 'max')]:.3f}]"
+                     for test in independence.columns[2:]}
+             for model in stats.index}
+    print(markdown(pd.DataFrame(table)))
+
+
+if __name__ == "__main__":
+    main()
