@@ -102,10 +102,10 @@ def block_structure(model, train: ad.AnnData, data, seed: int) -> tuple[dict, di
         return conditional_independence_test(z[cells], other[cells], given[cells],
                                              n_permutations=200, seed=seed).pvalue
 
-    tests = {"z_x indep t | x": pvalue(samples["z_x"], t, x),
-             "z_t indep x | t": pvalue(samples["z_t"], x, t),
-             "z_tx indep z_x | x,t": pvalue(samples["z_tx"], samples["z_x"], xt),
-             "z_tx indep z_t | x,t": pvalue(samples["z_tx"], samples["z_t"], xt)}
+    tests = {"z_x indep t given x": pvalue(samples["z_x"], t, x),
+             "z_t indep x given t": pvalue(samples["z_t"], x, t),
+             "z_tx indep z_x given x,t": pvalue(samples["z_tx"], samples["z_x"], xt),
+             "z_tx indep z_t given x,t": pvalue(samples["z_tx"], samples["z_t"], xt)}
     return nmi, tests
 
 
@@ -227,7 +227,8 @@ def main(argv=None) -> None:
     print(markdown(blocks.groupby("model", sort=False).mean(numeric_only=True).T))
     print("\nconditional-independence p-values (posterior samples; median [min, max] over "
           "folds)\n")
-    stats = independence.groupby("model", sort=False).agg(["median", "min", "max"])
+    stats = (independence.drop(columns="cell_type").groupby("model", sort=False)
+             .agg(["median", "min", "max"]))
     table = {model: {test: f"{stats.loc[model, (test, 'median')]:.3f} "
                            f"[{stats.loc[model, (test, 'min')]:.3f}, "
                            f"{stats.loc[model, (test, 'max')]:.3f}]"

@@ -109,8 +109,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--n-layers", type=positive_int, default=1, help="default: %(default)s")
     group.add_argument("--beta", type=positive_float, default=1.0,
                        help="KL weight; > 1 gives a beta-VAE (default: %(default)s)")
-    group.add_argument("--likelihood", choices=("nb", "zinb", "poisson"), default="nb",
-                       help="count likelihood (default: %(default)s)")
+    group.add_argument("--likelihood", choices=("nb", "zinb", "poisson", "gaussian"),
+                       default="nb", help="count likelihood, or gaussian on log-normalised "
+                       "expression (default: %(default)s)")
     group.add_argument("--sparsity-weight", type=positive_float, default=50.0,
                        help="svae / svae+ only: lambda, the L0 penalty (svae) or the "
                             "Beta(1, lambda) prior on target probabilities (svae+) "

@@ -76,7 +76,7 @@ class ConditionalNormalPrior(nn.Module):
 
 
 class InteractionPrior(nn.Module):
-    r""":math:`p(z \mid x, t) = \mathcal{N}(b + A h, \operatorname{diag}\sigma^2(h))` with
+    r""":math:`p(z \mid x, t) = \mathcal{N}(b + A h, I)` with
     :math:`h = \sum_k t_k\,(e_x(x) - \bar e_{x,k}) \odot v_k`: the elementwise product of a
     covariate embedding :math:`e_x` and each treatment's embedding :math:`v_k`, so a pair never
     seen together still has a prior built from what each member did with others.
@@ -86,7 +86,10 @@ class InteractionPrior(nn.Module):
     in the buffer ``covariate_means``). So the interaction averages to zero over the contexts
     a treatment was given in (the treatment's common effect is left to its own block, an
     ANOVA-style constraint), and :math:`t = 0` gives every control cell the same prior.
-    :meth:`interaction` (:math:`A h`) is what a model may shrink towards zero.
+    :meth:`interaction` (:math:`A h`) is what a model may shrink towards zero, and
+    :meth:`embedding_spread` what keeps a covariate never given a treatment (whose embedding
+    no treated cell informs) at the centre of the others, so its interaction with that
+    treatment is predicted near zero rather than from an arbitrary embedding.
 
     Parameters
     ----------
@@ -109,7 +112,6 @@ class InteractionPrior(nn.Module):
         self.treatment_embedding = nn.Linear(n_treatments, n_embedding, bias=False)
         self.loc = nn.Linear(n_embedding, n_latent, bias=False)
         self.control_loc = nn.Parameter(torch.zeros(n_latent))
-        self.raw_scale = nn.Linear(n_embedding, n_latent)
         self.register_buffer("covariate_means",
                              torch.full((n_treatments, n_covariates), 1.0 / n_covariates))
 
@@ -136,15 +138,20 @@ class InteractionPrior(nn.Module):
         self.covariate_means.copy_(torch.where(given.unsqueeze(-1), updated,
                                                self.covariate_means))
 
+    def embedding_spread(self) -> torch.Tensor:
+        """Scalar: the squared distance of each covariate feature's embedding from their mean,
+        summed (a Gaussian prior on the embeddings, centred on their mean)."""
+        table = self.covariate_embedding.weight                   # (n_embedding, n_covariates)
+        return (table - table.mean(-1, keepdim=True)).pow(2).sum()
+
     def interaction(self, covariates: torch.Tensor) -> torch.Tensor:
         """``(batch, n_latent)`` :math:`A h`: the prior mean minus the controls'."""
         return self.loc(self._embedded(covariates))
 
     def forward(self, covariates: torch.Tensor, n_cells: int,
                 like: torch.Tensor) -> dist.Distribution:
-        embedded = self._embedded(covariates, update=self.training)
-        loc = self.control_loc + self.loc(embedded)
-        return dist.Normal(loc, F.softplus(self.raw_scale(embedded)) + 1e-4).to_event(1)
+        loc = self.control_loc + self.loc(self._embedded(covariates, update=self.training))
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
 
 class LatentBlock(nn.Module):

@@ -108,8 +108,10 @@ def emit_counts(decoder: CountDecoder, z: torch.Tensor, batch: CellBatch,
                 domain: torch.Tensor | None = None) -> torch.Tensor:
     """Decode ``z`` and observe the counts.
 
-    Records ``pyro.deterministic("expression")`` (expected counts at the observed library size)
-    and the likelihood site ``"counts"`` observed at ``batch.counts``.
+    Records ``pyro.deterministic("expression")`` (expected counts at the observed library size;
+    the expected log-normalised expression for a Gaussian decoder) and the likelihood site
+    ``"counts"`` observed at ``decoder.observation(batch.counts)`` (the counts, or their
+    log-normalised values for a Gaussian decoder).
 
     Parameters
     ----------
@@ -128,7 +130,8 @@ def emit_counts(decoder: CountDecoder, z: torch.Tensor, batch: CellBatch,
     """
     decoded = decoder(z, batch.library, covariates)
     expression = pyro.deterministic(sites.EXPRESSION, decoded["mean"], event_dim=1)
-    pyro.sample(sites.COUNTS, decoder.distribution(decoded, domain), obs=batch.counts)
+    pyro.sample(sites.COUNTS, decoder.distribution(decoded, domain),
+                obs=decoder.observation(batch.counts))
     return expression
 
 

@@ -49,7 +49,8 @@ from ..infer.steps import Adversary
 from ..nn import MLP, CountDecoder
 from .blocks import ConditionalNormalPrior, InteractionPrior, LatentBlock
 from .components import (cells_plate, check_known_covariates, covariate_values, emit_counts,
-                         feature_width, features, observe_all)
+                         feature_width, features, observe_all, one_hot)
+from .dependence import conditional_hsic
 from .discriminators import PermutationDiscriminator, within_group_permutation
 from .registry import register_model
 
@@ -61,6 +62,8 @@ TREATMENT_PREDICTION = "treatment_prediction"
 PERMUTATION_DISCRIMINATORS = "permutation_discriminators"
 #: factor site shrinking the interaction prior's means towards the controls'
 INTERACTION_SHRINKAGE = "interaction_shrinkage"
+#: factor site of the conditional-independence penalty (z_x indep. t | x, z_t indep. x | t)
+CONDITIONAL_INDEPENDENCE = "conditional_independence"
 
 
 @register_model
@@ -109,7 +112,8 @@ class FCR(nn.Module):
                  n_latent_tx: int = 8, covariates: Sequence[str] | None = None,
                  classifier_weight: float = 1.0, discriminator_weight: float = 10.0,
                  discriminator_lr: float = 3e-3, discriminator_steps: int = 3,
-                 interaction_shrinkage: float = 1.0, n_embedding: int = 32, n_hidden: int = 128, n_layers: int = 1,
+                 interaction_shrinkage: float = 1.0, independence_weight: float = 10.0,
+                 n_embedding: int = 32, n_hidden: int = 128, n_layers: int = 1,
                  likelihood: str = "nb", dispersion: str = "gene", dropout: float = 0.0,
                  norm: str | None = None, beta: float = 1.0):
         super().__init__()
@@ -127,7 +131,8 @@ class FCR(nn.Module):
                              "categorical_covariate_keys=...)")
         for name, weight in [("classifier_weight", classifier_weight),
                              ("discriminator_weight", discriminator_weight),
-                             ("interaction_shrinkage", interaction_shrinkage)]:
+                             ("interaction_shrinkage", interaction_shrinkage),
+                             ("independence_weight", independence_weight)]:
             if weight < 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}")
         self.init_args = dict(
@@ -135,6 +140,7 @@ class FCR(nn.Module):
             covariates=covariates, classifier_weight=classifier_weight,
             discriminator_weight=discriminator_weight, discriminator_lr=discriminator_lr,
             discriminator_steps=discriminator_steps, interaction_shrinkage=interaction_shrinkage,
+            independence_weight=independence_weight,
             n_embedding=n_embedding,
             n_hidden=n_hidden, n_layers=n_layers, likelihood=likelihood, dispersion=dispersion,
             dropout=dropout, norm=norm, beta=beta)
@@ -142,6 +148,7 @@ class FCR(nn.Module):
         self.classifier_weight, self.discriminator_weight = classifier_weight, discriminator_weight
         self.discriminator_lr, self.discriminator_steps = discriminator_lr, discriminator_steps
         self.interaction_shrinkage = interaction_shrinkage
+        self.independence_weight = independence_weight
         #: categorical covariates: what the covariate classifier predicts and groups are made of
         self.categorical = [n for n in covariates if schema.categories_of(n) is not None]
         n_x = feature_width(covariates, schema)
@@ -149,10 +156,10 @@ class FCR(nn.Module):
         hidden = [n_hidden] * n_layers
         block = dict(hidden=hidden, dropout=dropout, norm=norm)
         self.x_block = LatentBlock("x", schema.n_genes, n_latent_x,
-                                   ConditionalNormalPrior(n_x, n_latent_x, mode="both"),
+                                   ConditionalNormalPrior(n_x, n_latent_x, mode="mean"),
                                    n_encoder_covariates=n_x, **block)
         self.t_block = LatentBlock("t", schema.n_genes, n_latent_t,
-                                   ConditionalNormalPrior(n_t, n_latent_t, mode="both"),
+                                   ConditionalNormalPrior(n_t, n_latent_t, mode="mean"),
                                    n_encoder_covariates=n_t, **block)
         self.tx_block = LatentBlock("tx", schema.n_genes, n_latent_tx,
                                     InteractionPrior(n_x, n_t, n_latent_tx, n_embedding),
@@ -199,11 +206,15 @@ class FCR(nn.Module):
                 z_t = self.t_block.model(batch, t)
                 z_tx = self.tx_block.model(batch, torch.cat([x, t], -1))
             if self.interaction_shrinkage > 0:
-                self._shrink_interactions(x, t)
+                self._shrink_interactions(batch, x, t)
             if self.classifier_weight > 0:
                 self._structure_terms(values, z_x, z_t, z_tx)
             expression = emit_counts(self.decoder, torch.cat([z_x, z_t, z_tx], -1), batch,
                                      None, values.get(sites.DOMAIN))
+        if self.independence_weight > 0:
+            dependence = self._conditional_dependence(values, t, z_x, z_t)
+            pyro.factor(CONDITIONAL_INDEPENDENCE,
+                        -self.independence_weight * batch.n_cells * dependence)
         if self.discriminator_weight > 0:
             fooled = self._discriminator_loss(z_x, z_t, z_tx, group, fool=True)
             pyro.factor(PERMUTATION_DISCRIMINATORS,
@@ -242,13 +253,27 @@ class FCR(nn.Module):
                                                              reduction="none").sum(-1)
         pyro.factor(TREATMENT_PREDICTION, self.classifier_weight * log_likelihood)
 
-    def _shrink_interactions(self, x: torch.Tensor, t: torch.Tensor) -> None:
+    def _shrink_interactions(self, batch: CellBatch, x: torch.Tensor, t: torch.Tensor) -> None:
         """Per-cell factor: minus ``interaction_shrinkage / 2`` x the squared shift of the
         cell's interaction prior mean from the controls' (what a pair never seen together is
-        predicted to add shrinks towards nothing)."""
-        shift = self.tx_block.prior.interaction(torch.cat([x, t], -1))
-        pyro.factor(INTERACTION_SHRINKAGE,
-                    -0.5 * self.interaction_shrinkage * shift.pow(2).sum(-1))
+        predicted to add shrinks towards nothing), plus the cell's share of the spread of the
+        covariate embeddings (:meth:`InteractionPrior.embedding_spread`)."""
+        prior = self.tx_block.prior
+        shift = prior.interaction(torch.cat([x, t], -1))
+        penalty = shift.pow(2).sum(-1) + prior.embedding_spread() / batch.n_cells
+        pyro.factor(INTERACTION_SHRINKAGE, -0.5 * self.interaction_shrinkage * penalty)
+
+    def _conditional_dependence(self, values: dict[str, torch.Tensor], t: torch.Tensor,
+                                z_x: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+        """Normalised HSIC of z_x with the treatment within covariate groups, plus that of z_t
+        with the covariate within treatment groups (:func:`conditional_hsic`)."""
+        t_codes = torch.unique(t, dim=0, return_inverse=True)[1]
+        x_features = features(values, self.categorical, self.schema)
+        if x_features is None:  # continuous covariates only: no covariate groups
+            return z_x.new_zeros(())
+        x_codes = torch.unique(x_features, dim=0, return_inverse=True)[1]
+        return (conditional_hsic(z_x, one_hot(t_codes, int(t_codes.max()) + 1), x_codes)
+                + conditional_hsic(z_t, one_hot(x_codes, int(x_codes.max()) + 1), t_codes))
 
     def _discriminator_loss(self, z_x: torch.Tensor, z_t: torch.Tensor, z_tx: torch.Tensor,
                             group: torch.Tensor, *, fool: bool) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Count decoder: latents -> gene proportions (softmax) x observed library size -> likelihood."""
+"""Count decoder: latents -> gene proportions (softmax) x observed library size -> likelihood
+(or, with ``likelihood="gaussian"``, latents -> mean log-normalised expression)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from torch import nn
 from ..distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 from .mlp import MLP
 
-LIKELIHOODS = ("nb", "zinb", "poisson")
+LIKELIHOODS = ("nb", "zinb", "poisson", "gaussian")
+#: counts per cell of the log-normalised scale the Gaussian likelihood models
+SCALE = 1e4
 DISPERSIONS = ("gene", "gene-domain")
 
 
@@ -24,9 +27,12 @@ class CountDecoder(nn.Module):
     hidden : sequence of int
     n_covariates : int
         Width of the covariate vector (e.g. one-hot domain) injected in every layer.
-    likelihood : {"nb", "zinb", "poisson"}
+    likelihood : {"nb", "zinb", "poisson", "gaussian"}
+        Count likelihoods at the observed library size, or ``"gaussian"``: a Normal with one
+        scale per gene on log-normalised expression, ``log1p(counts / total * 1e4)`` (FCR's
+        and CPA's choice; see :meth:`observation`).
     dispersion : {"gene", "gene-domain"}
-        One inverse dispersion per gene, or per gene and domain.
+        One inverse dispersion (Gaussian: log scale) per gene, or per gene and domain.
     n_domains : int
         Number of domains (needed for ``dispersion="gene-domain"``).
     dropout : float
@@ -66,9 +72,12 @@ class CountDecoder(nn.Module):
         Returns
         -------
         dict with ``log_mean`` and ``mean`` (``(batch, n_genes)`` expected counts) and, for
-        ZINB, ``gate_logits``.
+        ZINB, ``gate_logits``; for ``"gaussian"``, ``mean`` only, the expected log-normalised
+        expression.
         """
         out = self.net(z, covariates)
+        if self.likelihood == "gaussian":
+            return {"mean": out}
         if self.likelihood == "zinb":
             out, gate_logits = out.split(self.n_genes, dim=-1)
         log_mean = torch.log_softmax(out, dim=-1) + library.log().unsqueeze(-1)
@@ -76,6 +85,15 @@ class CountDecoder(nn.Module):
         if self.likelihood == "zinb":
             decoded["gate_logits"] = gate_logits
         return decoded
+
+    def observation(self, counts: torch.Tensor | None) -> torch.Tensor | None:
+        """What the likelihood scores: the ``(batch, n_genes)`` counts themselves, or for
+        ``"gaussian"`` the log-normalised ``log1p(counts / total counts * 1e4)``
+        (``None`` when there are no counts to score, as in prediction)."""
+        if counts is None or self.likelihood != "gaussian":
+            return counts
+        total = counts.sum(-1, keepdim=True).clamp(min=1.0)
+        return torch.log1p(counts / total * SCALE)
 
     def inverse_dispersion(self, domain: torch.Tensor | None = None) -> torch.Tensor:
         """``(n_genes,)`` or, per domain, ``(batch, n_genes)`` inverse dispersion."""
@@ -90,6 +108,8 @@ class CountDecoder(nn.Module):
         if self.likelihood == "poisson":
             return dist.Poisson(decoded["mean"]).to_event(1)
         theta = self.inverse_dispersion(domain)
+        if self.likelihood == "gaussian":  # the parameter holds log scales here
+            return dist.Normal(decoded["mean"], theta).to_event(1)
         if self.likelihood == "zinb":
             return ZeroInflatedNegativeBinomial(decoded["mean"], theta, log_mean=decoded["log_mean"],
                                                 gate_logits=decoded["gate_logits"]).to_event(1)

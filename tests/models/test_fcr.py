@@ -39,15 +39,15 @@ def test_sites_shapes_and_the_decoder_sees_the_blocks_only(data, replayed):
     for site in ["domain", "perturbation", "dose", "counts"]:
         assert trace.nodes[site]["is_observed"], site
     for site in ["covariate_prediction", "treatment_prediction", "interaction_shrinkage",
-                 "permutation_discriminators"]:
+                 "conditional_independence", "permutation_discriminators"]:
         assert site in trace.nodes, site
     assert trace.nodes["expression"]["value"].shape == (32, 40)
     assert model.decoder.net.layers[0].in_features == 2 + 3 + 4  # no covariate input
     off = small(data, classifier_weight=0.0, discriminator_weight=0.0,
-                interaction_shrinkage=0.0)
+                interaction_shrinkage=0.0, independence_weight=0.0)
     _, trace = replayed(off, batch)
     assert not {"covariate_prediction", "treatment_prediction", "interaction_shrinkage",
-                "permutation_discriminators"} & set(trace.nodes)
+                "conditional_independence", "permutation_discriminators"} & set(trace.nodes)
     assert off.adversaries() == [] and len(model.adversaries()) == 1
 
 
@@ -192,3 +192,17 @@ def test_fit_trains_the_discriminators_apart_and_round_trips(adata, data, tmp_pa
                              n_samples=2)
     moved = counterfactual(model, cells, {"domain": "covariate_1"}, n_samples=2)
     assert treated.shape == moved.shape == (cells.n_cells, 40)
+
+
+def test_gaussian_likelihood_on_log_normalised_expression(adata, data, replayed):
+    model = small(data, likelihood="gaussian")
+    batch = data.batch(torch.arange(16))
+    _, trace = replayed(model, batch)
+    observed = trace.nodes["counts"]["value"]
+    expected = torch.log1p(batch.counts / batch.counts.sum(-1, keepdim=True) * 1e4)
+    torch.testing.assert_close(observed, expected)
+    fit(model, data, max_epochs=2, batch_size=128, progress=False, device="cpu")
+    cells = CellData.from_anndata(adata[:10], schema=data.schema)
+    predicted = counterfactual(model, cells, {"perturbation": "control"}, output="counts",
+                               n_samples=2)
+    assert predicted.shape == (10, 40) and torch.isfinite(torch.as_tensor(predicted.X)).all()

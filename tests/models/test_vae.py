@@ -221,8 +221,8 @@ def test_bad_beta_is_refused(data, beta):
 
 
 def test_bad_likelihood_and_dispersion_are_refused(sim_adata, data):
-    with pytest.raises(ValueError, match="likelihood='gaussian'"):
-        VAE(data.schema, likelihood="gaussian")
+    with pytest.raises(ValueError, match="likelihood='lognormal'"):
+        VAE(data.schema, likelihood="lognormal")
     no_domains = CellData.from_anndata(sim_adata)
     with pytest.raises(ValueError, match="dispersion='gene-domain' needs data with domains"):
         VAE(no_domains.schema, dispersion="gene-domain")

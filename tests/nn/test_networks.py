@@ -208,6 +208,25 @@ def test_poisson_decoder_distribution(z, library):
                                pdist.Poisson(decoded["mean"]).log_prob(x).sum(-1))
 
 
+def test_gaussian_decoder_models_log_normalised_expression(z, library):
+    decoder = CountDecoder(LATENT, GENES, (16,), likelihood="gaussian")
+    with torch.no_grad():
+        decoder.log_inverse_dispersion.fill_(-1.0)
+    decoded = decoder(z, library)
+    assert set(decoded) == {"mean"} and decoded["mean"].shape == (BATCH, GENES)
+    d = decoder.distribution(decoded)
+    assert isinstance(d.base_dist, pdist.Normal) and d.event_shape == (GENES,)
+    counts = torch.tensor([[0.0, 1.0, 3.0], [2.0, 2.0, 0.0]])
+    expected = torch.log1p(counts / counts.sum(-1, keepdim=True) * 1e4)
+    torch.testing.assert_close(CountDecoder(LATENT, 3, likelihood="gaussian")
+                               .observation(counts), expected)
+    assert torch.equal(CountDecoder(LATENT, 3).observation(counts), counts)
+    y = torch.randn(BATCH, GENES)
+    torch.testing.assert_close(
+        d.log_prob(y), pdist.Normal(decoded["mean"], torch.exp(torch.tensor(-1.0)))
+        .log_prob(y).sum(-1))
+
+
 def test_gene_domain_dispersion(z, library):
     n_domains = 3
     decoder = CountDecoder(LATENT, GENES, (16,), dispersion="gene-domain", n_domains=n_domains)
@@ -240,7 +259,7 @@ def test_decoder_gradients_reach_every_parameter(z, library):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(likelihood="gaussian"), "likelihood='gaussian'; choose one of"),
+    (dict(likelihood="lognormal"), "likelihood='lognormal'; choose one of"),
     (dict(dispersion="cell"), "dispersion='cell'; choose one of"),
     (dict(dispersion="gene-domain"), "needs data with domains"),
     (dict(dispersion="gene-domain", n_domains=0), "needs data with domains"),
