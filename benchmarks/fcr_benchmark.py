@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kang_heldout_response import FILE, data_dir, dense, naive_baseline, scores  # noqa: E402
+from kang_heldout_response import dense, naive_baseline, read_kang, scores  # noqa: E402
 
 BLOCKS = ("z_x", "z_t", "z_tx")
 
@@ -152,10 +152,7 @@ def main(argv=None) -> None:
     from pyro_causalcell import CellData, counterfactual
     from pyro_causalcell.plotting import log_normalise
 
-    path = data_dir() / FILE
-    if not path.exists():
-        raise SystemExit(f"{path} not found; set CAUSALCELL_DATA_DIR to the folder holding {FILE}")
-    adata = ad.read_h5ad(path)
+    adata = read_kang()
     obs = adata.obs
     types = (sorted(obs["cell_type"].unique()) if args.cell_types is None
              else [c.strip() for c in args.cell_types.split(",")])

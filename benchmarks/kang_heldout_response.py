@@ -46,6 +46,14 @@ def data_dir() -> Path:
     return Path(os.environ.get("CAUSALCELL_DATA_DIR", default))
 
 
+def read_kang() -> ad.AnnData:
+    """The Kang data set, or a named exit when it is not where ``data_dir()`` says."""
+    path = data_dir() / FILE
+    if not path.exists():
+        raise SystemExit(f"{path} not found; set CAUSALCELL_DATA_DIR to the folder holding {FILE}")
+    return ad.read_h5ad(path)
+
+
 def dense(x) -> np.ndarray:
     return x.toarray() if sp.issparse(x) else np.asarray(x)
 
@@ -92,10 +100,7 @@ def main(argv=None) -> None:
     from pyro_causalcell import CellData, SparseShiftVAE, counterfactual, fit
     from pyro_causalcell.plotting import log_normalise, plot_counterfactual
 
-    path = data_dir() / FILE
-    if not path.exists():
-        raise SystemExit(f"{path} not found; set CAUSALCELL_DATA_DIR to the folder holding {FILE}")
-    adata = ad.read_h5ad(path)
+    adata = read_kang()
     obs = adata.obs
     if args.cell_type not in set(obs["cell_type"]):
         raise SystemExit(f"--cell-type {args.cell_type!r} is not in obs['cell_type']: "

@@ -34,3 +34,44 @@ def write_result(path: str, latent, obs_names, train_seconds: float, epoch_secon
     print(notes)
     print(f"wrote {path}: latent {latent.shape}, train {train_seconds:.2f}s, "
           f"{epoch_seconds:.3f}s/epoch")
+
+
+def read_h5ad(path):
+    """The environment's anndata reader, with a minimal h5py fallback (X, obs, var names)
+    for files written by a newer anndata than the runner's environment has."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:  # pragma: no cover - depends on the writer's anndata version
+        print(f"anndata {ad.__version__} could not read {path} ({exc!r}); using the h5py fallback")
+    import h5py
+    import pandas as pd
+
+    def _col(node):
+        if isinstance(node, h5py.Group):  # categorical
+            cats = node["categories"][...]
+            cats = [c.decode() if isinstance(c, bytes) else str(c) for c in cats]
+            codes = node["codes"][...]
+            return pd.Categorical.from_codes(codes, categories=cats)
+        vals = node[...]
+        return np.array([v.decode() if isinstance(v, bytes) else v for v in vals])
+
+    with h5py.File(path, "r") as f:
+        xg = f["X"]
+        if isinstance(xg, h5py.Group):
+            shape = tuple(xg.attrs["shape"])
+            X = sp.csr_matrix((xg["data"][...], xg["indices"][...], xg["indptr"][...]), shape=shape)
+            if xg.attrs.get("encoding-type", "csr_matrix") == "csc_matrix":
+                X = sp.csc_matrix((xg["data"][...], xg["indices"][...], xg["indptr"][...]), shape=shape).tocsr()
+        else:
+            X = xg[...]
+        obs = f["obs"]
+        index = _col(obs[obs.attrs["_index"]])
+        cols = list(obs.attrs.get("column-order", [k for k in obs.keys() if k != obs.attrs["_index"]]))
+        df = pd.DataFrame({k: _col(obs[k]) for k in cols}, index=index)
+        var = f["var"]
+        var_names = _col(var[var.attrs["_index"]])
+    return ad.AnnData(X=X, obs=df, var=pd.DataFrame(index=var_names))

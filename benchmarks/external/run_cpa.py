@@ -105,6 +105,8 @@ import time
 import warnings
 from importlib.metadata import version
 
+from common import read_h5ad
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -171,47 +173,6 @@ TRAINER_PARAMS = {
     "gradient_clip_value": 1.0,
     "step_size_lr": 10,
 }
-
-
-def read_h5ad(path):
-    """anndata 0.9's reader, with a minimal h5py fallback for files written by newer anndata."""
-    import anndata as ad
-    import numpy as np
-    import scipy.sparse as sp
-
-    try:
-        return ad.read_h5ad(path)
-    except Exception as exc:  # pragma: no cover - depends on the writer's anndata version
-        print(f"anndata {ad.__version__} could not read {path} ({exc!r}); using the h5py fallback")
-    import h5py
-    import pandas as pd
-
-    def _col(node):
-        if isinstance(node, h5py.Group):  # categorical
-            cats = node["categories"][...]
-            cats = [c.decode() if isinstance(c, bytes) else str(c) for c in cats]
-            return pd.Categorical.from_codes(node["codes"][...], categories=cats)
-        vals = node[...]
-        return np.array([v.decode() if isinstance(v, bytes) else v for v in vals])
-
-    with h5py.File(path, "r") as f:
-        xg = f["X"]
-        if isinstance(xg, h5py.Group):
-            shape = tuple(xg.attrs["shape"])
-            parts = (xg["data"][...], xg["indices"][...], xg["indptr"][...])
-            if xg.attrs.get("encoding-type", "csr_matrix") == "csc_matrix":
-                X = sp.csc_matrix(parts, shape=shape).tocsr()
-            else:
-                X = sp.csr_matrix(parts, shape=shape)
-        else:
-            X = xg[...]
-        obs = f["obs"]
-        index = _col(obs[obs.attrs["_index"]])
-        cols = list(obs.attrs.get("column-order", [k for k in obs.keys() if k != obs.attrs["_index"]]))
-        df = pd.DataFrame({k: _col(obs[k]) for k in cols}, index=index)
-        var = f["var"]
-        var_names = _col(var[var.attrs["_index"]])
-    return ad.AnnData(X=X, obs=df, var=pd.DataFrame(index=var_names))
 
 
 def _log1p_cp10k(mu):
