@@ -212,7 +212,8 @@ class FCR(nn.Module):
             expression = emit_counts(self.decoder, torch.cat([z_x, z_t, z_tx], -1), batch,
                                      None, values.get(sites.DOMAIN))
         if self.independence_weight > 0:
-            dependence = self._conditional_dependence(values, t, z_x, z_t)
+            dependence = (self._conditional_dependence(values, t, z_x, z_t)
+                          + self._interaction_main_effect(t, z_tx))
             pyro.factor(CONDITIONAL_INDEPENDENCE,
                         -self.independence_weight * batch.n_cells * dependence)
         if self.discriminator_weight > 0:
@@ -274,6 +275,21 @@ class FCR(nn.Module):
         x_codes = torch.unique(x_features, dim=0, return_inverse=True)[1]
         return (conditional_hsic(z_x, one_hot(t_codes, int(t_codes.max()) + 1), x_codes)
                 + conditional_hsic(z_t, one_hot(x_codes, int(x_codes.max()) + 1), t_codes))
+
+    def _interaction_main_effect(self, t: torch.Tensor, z_tx: torch.Tensor) -> torch.Tensor:
+        """Squared distance of each treatment group's mean z_tx from the controls' mean,
+        averaged with the groups' shares of the minibatch: a treatment's effect common to
+        every context belongs to z_t, which ``do(perturbation)`` moves by its prior."""
+        codes = torch.unique(t, dim=0, return_inverse=True)[1]
+        n_groups = int(codes.max()) + 1
+        sums = z_tx.new_zeros(n_groups, z_tx.shape[-1]).index_add(0, codes, z_tx)
+        sizes = torch.bincount(codes, minlength=n_groups).to(z_tx.dtype)
+        means = sums / sizes.unsqueeze(-1)
+        control = (t == 0).all(-1)
+        if not bool(control.any()):
+            return z_tx.new_zeros(())
+        reference = means[codes[control][0]]
+        return ((means - reference).pow(2).sum(-1) * sizes).sum() / len(z_tx)
 
     def _discriminator_loss(self, z_x: torch.Tensor, z_t: torch.Tensor, z_tx: torch.Tensor,
                             group: torch.Tensor, *, fool: bool) -> torch.Tensor:
