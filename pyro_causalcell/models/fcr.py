@@ -66,6 +66,11 @@ INTERACTION_SHRINKAGE = "interaction_shrinkage"
 CONDITIONAL_INDEPENDENCE = "conditional_independence"
 
 
+def row_codes(rows: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` long index of each row's distinct value in a ``(batch, width)`` tensor."""
+    return torch.unique(rows, dim=0, return_inverse=True)[1]
+
+
 @register_model
 class FCR(nn.Module):
     """Covariate, treatment and interaction latent blocks with causal-structure
@@ -187,12 +192,12 @@ class FCR(nn.Module):
         return treatment
 
     def _features(self, values: dict[str, torch.Tensor]
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Covariate features, treatment features and the (x, t) group features."""
-        t = self.treatment_features(values)
-        group = features(values, self.categorical, self.schema)
-        group = t if group is None else torch.cat([group, t], -1)
-        return features(values, self.covariates, self.schema), t, group
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Covariate features, treatment features, and the categorical covariates' features
+        (what groups are made of; ``None`` without categorical covariates)."""
+        return (features(values, self.covariates, self.schema),
+                self.treatment_features(values),
+                features(values, self.categorical, self.schema))
 
     # ------------------------------------------------------------------ protocol
     def model(self, batch: CellBatch) -> torch.Tensor:
@@ -200,7 +205,7 @@ class FCR(nn.Module):
         pyro.module(self.pyro_name, self)
         with cells_plate(batch):
             values = observe_all(batch, self.schema)
-            x, t, group = self._features(values)
+            x, t, x_groups = self._features(values)
             with poutine.scale(scale=self.beta):
                 z_x = self.x_block.model(batch, x)
                 z_t = self.t_block.model(batch, t)
@@ -212,12 +217,13 @@ class FCR(nn.Module):
             expression = emit_counts(self.decoder, torch.cat([z_x, z_t, z_tx], -1), batch,
                                      None, values.get(sites.DOMAIN))
         if self.independence_weight > 0:
-            dependence = (self._conditional_dependence(values, t, z_x, z_t)
-                          + self._interaction_main_effect(t, z_tx))
+            t_codes = row_codes(t)
+            dependence = (self._conditional_dependence(x_groups, t_codes, z_x, z_t)
+                          + self._interaction_main_effect(t, t_codes, z_tx))
             pyro.factor(CONDITIONAL_INDEPENDENCE,
                         -self.independence_weight * batch.n_cells * dependence)
         if self.discriminator_weight > 0:
-            fooled = self._discriminator_loss(z_x, z_t, z_tx, group, fool=True)
+            fooled = self._discriminator_loss(z_x, z_t, z_tx, x_groups, t, fool=True)
             pyro.factor(PERMUTATION_DISCRIMINATORS,
                         -self.discriminator_weight * batch.n_cells * fooled)
         return expression
@@ -264,23 +270,21 @@ class FCR(nn.Module):
         penalty = shift.pow(2).sum(-1) + prior.embedding_spread() / batch.n_cells
         pyro.factor(INTERACTION_SHRINKAGE, -0.5 * self.interaction_shrinkage * penalty)
 
-    def _conditional_dependence(self, values: dict[str, torch.Tensor], t: torch.Tensor,
+    def _conditional_dependence(self, x_groups: torch.Tensor | None, t_codes: torch.Tensor,
                                 z_x: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
         """Normalised HSIC of z_x with the treatment within covariate groups, plus that of z_t
         with the covariate within treatment groups (:func:`conditional_hsic`)."""
-        t_codes = torch.unique(t, dim=0, return_inverse=True)[1]
-        x_features = features(values, self.categorical, self.schema)
-        if x_features is None:  # continuous covariates only: no covariate groups
+        if x_groups is None:  # continuous covariates only: no covariate groups
             return z_x.new_zeros(())
-        x_codes = torch.unique(x_features, dim=0, return_inverse=True)[1]
+        x_codes = row_codes(x_groups)
         return (conditional_hsic(z_x, one_hot(t_codes, int(t_codes.max()) + 1), x_codes)
                 + conditional_hsic(z_t, one_hot(x_codes, int(x_codes.max()) + 1), t_codes))
 
-    def _interaction_main_effect(self, t: torch.Tensor, z_tx: torch.Tensor) -> torch.Tensor:
-        """Squared distance of each treatment group's mean z_tx from the controls' mean,
-        averaged with the groups' shares of the minibatch: a treatment's effect common to
-        every context belongs to z_t, which ``do(perturbation)`` moves by its prior."""
-        codes = torch.unique(t, dim=0, return_inverse=True)[1]
+    def _interaction_main_effect(self, t: torch.Tensor, codes: torch.Tensor,
+                                 z_tx: torch.Tensor) -> torch.Tensor:
+        """Squared distance of each treatment group's (``codes``) mean z_tx from the controls'
+        mean, averaged with the groups' shares of the minibatch: a treatment's effect common
+        to every context belongs to z_t, which ``do(perturbation)`` moves by its prior."""
         n_groups = int(codes.max()) + 1
         sums = z_tx.new_zeros(n_groups, z_tx.shape[-1]).index_add(0, codes, z_tx)
         sizes = torch.bincount(codes, minlength=n_groups).to(z_tx.dtype)
@@ -292,10 +296,12 @@ class FCR(nn.Module):
         return ((means - reference).pow(2).sum(-1) * sizes).sum() / len(z_tx)
 
     def _discriminator_loss(self, z_x: torch.Tensor, z_t: torch.Tensor, z_tx: torch.Tensor,
-                            group: torch.Tensor, *, fool: bool) -> torch.Tensor:
-        """Both discriminators' mean cross-entropy on one within-group permutation of z_tx."""
-        codes = torch.unique(group, dim=0, return_inverse=True)[1]
-        index = within_group_permutation(codes)
+                            x_groups: torch.Tensor | None, t: torch.Tensor, *,
+                            fool: bool) -> torch.Tensor:
+        """Both discriminators' mean cross-entropy on one permutation of z_tx within the
+        (x, t) groups."""
+        group = t if x_groups is None else torch.cat([x_groups, t], -1)
+        index = within_group_permutation(row_codes(group))
         return sum(self.discriminators[name].loss(z, z_tx, group, index, fool=fool)
                    for name, z in [("x", z_x), ("t", z_t)])
 
@@ -303,8 +309,11 @@ class FCR(nn.Module):
         """The discriminators' loss on latents drawn from the guide (encoders left alone)."""
         with torch.no_grad():
             z = self.guide(batch)
-            _, _, group = self._features(covariate_values(batch))
-        return self._discriminator_loss(z["z_x"], z["z_t"], z["z_tx"], group, fool=False)
+            values = covariate_values(batch)
+            x_groups = features(values, self.categorical, self.schema)
+            t = self.treatment_features(values)
+        return self._discriminator_loss(z["z_x"], z["z_t"], z["z_tx"], x_groups, t,
+                                        fool=False)
 
     def adversaries(self) -> list[Adversary]:
         """The permutation discriminators, trained on their own Adam after each ELBO step
