@@ -105,3 +105,54 @@ def replayed():
         return guide, poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(batch)
 
     return traces
+
+
+def log_fold_change(after, before) -> np.ndarray:
+    """``(n_genes,)`` log of the ratio of mean expression, ``after`` over ``before``
+    (``(n_cells, n_genes)`` each, e.g. expression per library size)."""
+    return np.log(np.asarray(after).mean(0) / np.asarray(before).mean(0))
+
+
+@pytest.fixture
+def unseen_pair():
+    """``unseen_pair(seed, n_cells, **design) -> SimpleNamespace``: ``simulate.factorized``
+    cells in which covariate_0's treatment_1 cells are the pair to hold out.
+
+    Attributes: ``adata``; ``held_out`` and ``controls`` (bool masks: covariate_0's
+    treatment_1 cells and its control cells); ``true_lfc``, the simulator's own response of
+    those control cells (its program rerun under ``pyro.do(perturbation=treatment_1)`` with the
+    same noise: log fold change of mean expression per library size); ``lfc``, the function
+    that computed it (:func:`log_fold_change`).
+    """
+    import torch
+
+    from pyro_causalcell.simulate import factorized
+    from pyro_causalcell.simulate._common import trace_with_seed
+    from pyro_causalcell.simulate.factorized import FactorizedWorld, factorized_program
+
+    def simulate(seed: int, n_cells: int, **design) -> SimpleNamespace:
+        adata = factorized(n_cells=n_cells, seed=seed, **design)
+        settings = adata.uns["simulation"]
+        world = FactorizedWorld.draw(
+            settings["n_genes"], settings["n_covariates"], settings["n_treatments"],
+            settings["n_latent_x"], settings["n_latent_t"], settings["n_latent_tx"],
+            settings["covariate_strength"], settings["treatment_strength"],
+            settings["interaction_strength"], None, settings["control_fraction"],
+            settings["library_size"], torch.Generator().manual_seed(seed))
+        factual = trace_with_seed(factorized_program, seed, world, n_cells)
+        np.testing.assert_array_equal(adata.obsm["z_x"], factual.nodes["z_x"]["value"].numpy())
+        treated = trace_with_seed(
+            pyro.do(factorized_program,
+                    data={"perturbation": torch.ones(n_cells, dtype=torch.long)}),
+            seed, world, n_cells)
+        obs = adata.obs
+        in_covariate = (obs["covariate"] == "covariate_0").to_numpy()
+        held_out = in_covariate & (obs["treatment"] == "treatment_1").to_numpy()
+        controls = in_covariate & (obs["treatment"] == "control").to_numpy()
+        library = factual.nodes["library"]["value"][controls].unsqueeze(-1)
+        true_lfc = log_fold_change(treated.nodes["expression"]["value"][controls] / library,
+                                   factual.nodes["expression"]["value"][controls] / library)
+        return SimpleNamespace(adata=adata, held_out=held_out, controls=controls,
+                               true_lfc=true_lfc, lfc=log_fold_change)
+
+    return simulate

@@ -8,6 +8,7 @@ from .device import resolve_device
 from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
 from .latent import latent
+from .latent_arithmetic import latent_arithmetic, latent_shift
 from .likelihood import COVARIATE_SITES, importance_weighted_elbo, mean_importance_weighted_elbo
 from .posterior import global_posterior
 from .predictor import LatentClassifier, train_classifier
@@ -20,4 +21,5 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "evaluate_elbo", "resolve_device", "TrainingHistory", "TrainingDivergedError",
            "ModelSchemaMismatchError", "ModelFileError",
            "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
-           "LatentClassifier", "train_classifier", "covariate_posterior"]
+           "LatentClassifier", "train_classifier", "covariate_posterior", "latent_arithmetic",
+           "latent_shift"]

@@ -124,7 +124,10 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
     Parameters
     ----------
     model : nn.Module with ``model(batch)`` and ``guide(batch)``
-        Any model following the model protocol; trained in place.
+        Any model following the model protocol; trained in place. A model with a
+        ``prepare_fit(data, train_index)`` method is handed the data and the training cells
+        first, before its parameters are collected (LORD makes its per-cell content codes
+        there).
     data : CellData
         Encoded with the model's schema.
     max_epochs : int
@@ -212,6 +215,9 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         groups = None if stratify is None else group_codes(data, stratify).cpu()
         train_index, validation_index = split_cells(data.n_cells, validation_fraction, generator,
                                                     groups)
+        prepare = getattr(model, "prepare_fit", None)
+        if prepare is not None:  # per-cell parameters (LORD's codes) are sized to the data
+            prepare(data, train_index)
         if sampler is None and hasattr(model, "default_sampler"):
             sampler = model.default_sampler(data, batch_size)
         sampler = sampler or RandomSampler()

@@ -7,7 +7,6 @@ Settings were chosen on seed 1 of the same design; the tests use seeds 2 and 4.
 from __future__ import annotations
 
 import numpy as np
-import pyro
 import torch
 
 from pyro_causalcell import FCR, VAE, CellData, counterfactual, fit, latent
@@ -15,8 +14,6 @@ from pyro_causalcell.metrics import (conditional_independence_test, kmeans,
                                      mean_correlation_coefficient,
                                      normalized_mutual_information)
 from pyro_causalcell.simulate import factorized
-from pyro_causalcell.simulate._common import trace_with_seed
-from pyro_causalcell.simulate.factorized import FactorizedWorld, factorized_program
 
 BLOCKS = ("z_x", "z_t", "z_tx")
 DESIGN = dict(n_genes=100, n_covariates=6, n_treatments=5, dose_levels=None)
@@ -84,44 +81,21 @@ def test_blocks_recover_their_truth_and_the_discriminators_make_z_tx_independent
     assert results["with"][0].pvalue > 0.05 and results["without"][0].pvalue < 0.05, results
 
 
-def test_counterfactual_of_a_pair_never_seen_matches_the_simulator():
+def test_counterfactual_of_a_pair_never_seen_matches_the_simulator(unseen_pair):
     """covariate_0 was never given treatment_1 in training: do(perturbation=treatment_1) on its
     control cells, against the simulator's own program rerun under pyro.do (same noise)."""
-    seed, n = 4, 3000
-    adata = factorized(n_cells=n, seed=seed, interaction_strength=0.5, **DESIGN)
-    settings = adata.uns["simulation"]
-    world = FactorizedWorld.draw(
-        settings["n_genes"], settings["n_covariates"], settings["n_treatments"],
-        settings["n_latent_x"], settings["n_latent_t"], settings["n_latent_tx"],
-        settings["covariate_strength"], settings["treatment_strength"],
-        settings["interaction_strength"], None, settings["control_fraction"],
-        settings["library_size"], torch.Generator().manual_seed(seed))
-    factual = trace_with_seed(factorized_program, seed, world, n)
-    np.testing.assert_array_equal(adata.obsm["z_x"], factual.nodes["z_x"]["value"].numpy())
-    treated = trace_with_seed(pyro.do(factorized_program,
-                                      data={"perturbation": torch.ones(n, dtype=torch.long)}),
-                              seed, world, n)
-    obs = adata.obs
-    unseen = ((obs["covariate"] == "covariate_0") & (obs["treatment"] == "treatment_1")).to_numpy()
-    cells = ((obs["covariate"] == "covariate_0") & (obs["treatment"] == "control")).to_numpy()
-    library = factual.nodes["library"]["value"][cells].unsqueeze(-1)
-
-    def lfc(after, before):
-        return np.log(np.asarray(after).mean(0) / np.asarray(before).mean(0))
-
-    true_lfc = lfc(treated.nodes["expression"]["value"][cells] / library,
-                   factual.nodes["expression"]["value"][cells] / library)
-
-    data = encode(adata[~unseen].copy())
+    seed = 4
+    truth = unseen_pair(seed, 3000, interaction_strength=0.5, **DESIGN)
+    data = encode(truth.adata[~truth.held_out].copy())
     model = fitted(lambda: FCR(data.schema, n_latent_x=4, n_latent_t=4, n_latent_tx=4), data,
                    seed)
-    controls = CellData.from_anndata(adata[cells], schema=data.schema)
+    controls = CellData.from_anndata(truth.adata[truth.controls], schema=data.schema)
     predicted = counterfactual(model, controls, {"perturbation": "treatment_1"}, n_samples=5)
     reconstructed = counterfactual(model, controls, {"perturbation": "control"}, n_samples=5)
     libraries = controls.library.numpy()[:, None]
-    predicted_lfc = lfc(predicted.X / libraries, reconstructed.X / libraries)
-    correlation = np.corrcoef(predicted_lfc, true_lfc)[0, 1]
-    slope = np.polyfit(true_lfc, predicted_lfc, 1)[0]
+    predicted_lfc = truth.lfc(predicted.X / libraries, reconstructed.X / libraries)
+    correlation = np.corrcoef(predicted_lfc, truth.true_lfc)[0, 1]
+    slope = np.polyfit(truth.true_lfc, predicted_lfc, 1)[0]
     print(f"unseen pair: counterfactual LFC vs simulator r = {correlation:.3f}, "
           f"slope = {slope:.2f}")
     assert correlation > 0.8, correlation
