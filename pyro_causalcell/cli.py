@@ -112,6 +112,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--likelihood", choices=("nb", "zinb", "poisson", "gaussian"),
                        default="nb", help="count likelihood, or gaussian on log-normalised "
                        "expression (default: %(default)s)")
+    group.add_argument("--class-key", choices=("label", "domain", "perturbation"),
+                       default="label", help="lord only: the covariate that is the class; "
+                       "the content latent is written (default: %(default)s)")
+    group.add_argument("--encoder-epochs", type=positive_int, default=50,
+                       help="lord only: epochs of stage two, the content encoder fitted to the "
+                            "stage-one codes (stage one runs --max-epochs on every cell) "
+                            "(default: %(default)s)")
     group.add_argument("--sparsity-weight", type=positive_float, default=50.0,
                        help="svae / svae+ only: lambda, the L0 penalty (svae) or the "
                             "Beta(1, lambda) prior on target probabilities (svae+) "
@@ -132,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit a model to raw counts in an AnnData file and write model.pt, "
                     "history.csv, elbo.png, latent.png, metrics.json and <name>_<model>.h5ad (a copy of "
                     "the input with latents in obsm['X_<model>']). The input file is not "
-                    "modified.")
+                    "modified. lord runs two stages (the codes of every cell, then the "
+                    "content encoder) and also writes history_stage_one.csv.")
     fit.add_argument("data", type=Path, help="AnnData .h5ad file with raw counts")
     fit.add_argument("--model", choices=sorted(model_variants()), default="vae",
                      help="a registered model (default: %(default)s)")
@@ -291,17 +299,28 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
     cls, variant = model_variants()[name]
     options = dict(n_latent=args.n_latent, n_hidden=args.n_hidden, n_layers=args.n_layers,
                    beta=args.beta, likelihood=args.likelihood,
-                   sparsity_weight=args.sparsity_weight)
+                   sparsity_weight=args.sparsity_weight, class_key=args.class_key)
     accepted = inspect.signature(cls).parameters
     if "n_latent" not in accepted:  # a block model: --n-latent sizes the block latent() reads
         site = getattr(cls, "default_latent_site", "")  # z_inv, z_shared, z_t
         options["n_latent_" + site.removeprefix("z_")] = options.pop("n_latent")
-    model = cls(data.schema, **{k: v for k, v in options.items() if k in accepted}, **variant)
-    history = fit(model, data, max_epochs=args.max_epochs, batch_size=args.batch_size,
-                  lr=args.lr, kl_warmup_epochs=args.kl_warmup_epochs,
-                  validation_fraction=args.validation_fraction,
-                  early_stopping=args.early_stopping, patience=args.patience,
-                  device=args.device, seed=args.seed, progress=not args.quiet)
+    try:
+        model = cls(data.schema, **{k: v for k, v in options.items() if k in accepted},
+                    **variant)
+    except ValueError as error:  # settings the data cannot support, named by the model
+        raise CommandLineError(f"--model {name}: {error}") from None
+    settings = dict(batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
+                    kl_warmup_epochs=args.kl_warmup_epochs, progress=not args.quiet)
+    validation = dict(validation_fraction=args.validation_fraction,
+                      early_stopping=args.early_stopping, patience=args.patience)
+    if hasattr(model, "start_stage_two"):  # LORD: codes of every cell, then the encoder
+        stage_one = fit(model, data, max_epochs=args.max_epochs, validation_fraction=0.0,
+                        **settings)
+        stage_one.to_dataframe().to_csv(out / "history_stage_one.csv", index=False)
+        history = fit(model, data, max_epochs=args.encoder_epochs,
+                      parameters=model.start_stage_two(), **validation, **settings)
+    else:
+        history = fit(model, data, max_epochs=args.max_epochs, **validation, **settings)
     z = latent(model, data)
     save(model, out / "model.pt")
     if getattr(model, "sparsity", "vae") != "vae":

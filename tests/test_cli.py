@@ -18,7 +18,7 @@ import pytest
 
 from pyro_causalcell import VAE, CellData, latent, load
 from pyro_causalcell.cli import main
-from pyro_causalcell.simulate import cell_types, factorized
+from pyro_causalcell.simulate import cell_types, factorized, invariant_spurious
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = ["--max-epochs", "2", "--n-hidden", "16", "--quiet", "--device", "cpu"]
@@ -483,3 +483,22 @@ def test_fit_fcr_writes_its_treatment_latents(tmp_path):
     model = load(out / "model.pt")
     assert type(model).__name__ == "FCR" and model.init_args["n_latent_t"] == 3
     assert model.schema.dose_key == "dose"
+
+
+def test_fit_lord_runs_both_stages_and_writes_the_content(tmp_path):
+    path = tmp_path / "cells.h5ad"
+    invariant_spurious(n_cells=200, n_genes=30, seed=1).write_h5ad(path)
+    out = tmp_path / "results"
+    code = main(["fit", "--model", "lord", str(path), "--out", str(out), "--label-key", "label",
+                 "--class-key", "label", "--n-latent", "3", "--encoder-epochs", "2", *FAST])
+    assert code == 0
+    assert ad.read_h5ad(out / "cells_lord.h5ad").obsm["X_lord"].shape == (200, 3)
+    model = load(out / "model.pt")
+    assert type(model).__name__ == "LORD" and model.stage == 2
+    assert model.codes.shape == (200, 3)
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == 2 and "penalty_content_match" in history.columns  # stage two
+    assert len(pd.read_csv(out / "history_stage_one.csv")) == 2
+    code = main(["fit", "--model", "lord", str(path), "--out", str(tmp_path / "r2"),
+                 "--class-key", "domain", *FAST])
+    assert code == 2  # the data has no domain: a one-line error
