@@ -137,6 +137,29 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+RESPONSE_COLUMNS = ["r2_all_genes", "r2_top50_de", "energy_distance", "fit_seconds"]
+
+
+def print_response_summary(response: pd.DataFrame) -> None:
+    """Print each prediction's scores as mean [min, max] over the held-out types, then R^2 on
+    the top-50 DE genes per type (``response``: one row per type and prediction)."""
+    order = list(dict.fromkeys(response["prediction"]))
+    print("\nheld-out stimulated cells, mean [min, max] over the held-out types\n")
+    summary = response.groupby("prediction", sort=False)[RESPONSE_COLUMNS].agg(
+        ["mean", "min", "max"])
+    print("| prediction | " + " | ".join(RESPONSE_COLUMNS) + " |")
+    print("|---|" + "---:|" * len(RESPONSE_COLUMNS))
+    for name in order:
+        cells = []
+        for column in RESPONSE_COLUMNS:
+            mean, low, high = summary.loc[name, column]
+            cells.append("—" if np.isnan(mean) else f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nper held-out type, R^2 on the top-50 DE genes\n")
+    print(markdown(response.pivot(index="prediction", columns="cell_type",
+                                  values="r2_top50_de").loc[order]))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cell-types", default=None,
@@ -204,21 +227,7 @@ def main(argv=None) -> None:
     response.to_csv(args.out / "response.csv", index=False)
     blocks.to_csv(args.out / "blocks.csv", index=False)
     independence.to_csv(args.out / "independence.csv", index=False)
-    columns = ["r2_all_genes", "r2_top50_de", "energy_distance", "fit_seconds"]
-    order = list(dict.fromkeys(response["prediction"]))
-    print("\nheld-out stimulated cells, mean [min, max] over the held-out types\n")
-    summary = response.groupby("prediction", sort=False)[columns].agg(["mean", "min", "max"])
-    print("| prediction | " + " | ".join(columns) + " |")
-    print("|---|" + "---:|" * len(columns))
-    for name in order:
-        cells = []
-        for c in columns:
-            mean, low, high = summary.loc[name, c]
-            cells.append("—" if np.isnan(mean) else f"{mean:.3f} [{low:.3f}, {high:.3f}]")
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\nper held-out type, R^2 on the top-50 DE genes\n")
-    print(markdown(response.pivot(index="prediction", columns="cell_type",
-                                  values="r2_top50_de").loc[order]))
+    print_response_summary(response)
     print("\nFCR blocks: NMI of k-means clusters with x (cell type), t (condition), x*t; "
           "mean over folds\n")
     print(markdown(blocks.groupby("model", sort=False).mean(numeric_only=True).T))
