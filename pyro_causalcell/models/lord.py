@@ -37,7 +37,6 @@ from torch import nn
 
 from .. import sites
 from ..data import CellBatch, CellData, CellSchema
-from ..kernels import dimension_bandwidth, gaussian_kernel, hsic
 from ..nn import MLP, CountDecoder
 from .components import cells_plate, emit_counts, feature_width, features, observe_all
 from .registry import register_model
@@ -46,8 +45,6 @@ __all__ = ["LORD"]
 
 #: the stage-two factor site: the encoder's content against the stage-one codes
 CONTENT_MATCH = "content_match"
-#: the optional stage-one factor site: HSIC of the content and the class
-CLASS_INDEPENDENCE = "class_independence"
 CONTENT = sites.latent_site("content")
 
 
@@ -68,18 +65,14 @@ class LORD(nn.Module):
         categorical covariate.
     content_noise : float
         :math:`\\sigma`, the standard deviation of the Gaussian noise on the content (LORD's
-        regulariser); 0 gives point-mass guides.
+        regulariser); 0 gives point-mass guides. With 0.5 or 1, an MLP recovered the class
+        from the content of our simulation at 0.78-0.93 (chance 0.35), with 0.1 at 0.40
+        (seed 0, used only for this choice).
     content_penalty : float
         :math:`\\lambda`, the L2 penalty :math:`\\lambda \\lVert z \\rVert^2` per cell: the prior
         is :math:`\\mathcal{N}(0, I / 2\\lambda)` (0.5: the standard normal).
     n_hidden, n_layers, likelihood, dispersion, dropout, norm
         As in :class:`~pyro_causalcell.models.VAE` (decoder and content encoder).
-    independence_weight : float
-        Not in LORD, which needs no adversary: in stage one, the factor
-        ``"class_independence"``, minus this weight x cells x the HSIC of the content and the
-        class (Gaussian and delta kernels). Noise and L2 keep the class means out of the
-        content but can leave a nonlinear trace of the class (e.g. a class-specific spread);
-        this removes it. 0 (default): plain LORD.
 
     Notes
     -----
@@ -96,11 +89,9 @@ class LORD(nn.Module):
                  class_key: str = sites.LABEL, content_noise: float = 0.1,
                  content_penalty: float = 0.5, n_hidden: int = 128, n_layers: int = 1,
                  likelihood: str = "nb", dispersion: str = "gene", dropout: float = 0.0,
-                 norm: str | None = None, independence_weight: float = 0.0):
+                 norm: str | None = None):
         super().__init__()
         _check_class_key(schema, class_key)
-        if not independence_weight >= 0:
-            raise ValueError(f"independence_weight must be >= 0, got {independence_weight}")
         if not content_noise >= 0:
             raise ValueError(f"content_noise must be >= 0, got {content_noise}")
         if not content_penalty > 0:
@@ -110,10 +101,8 @@ class LORD(nn.Module):
                               class_key=class_key, content_noise=content_noise,
                               content_penalty=content_penalty, n_hidden=n_hidden,
                               n_layers=n_layers, likelihood=likelihood, dispersion=dispersion,
-                              dropout=dropout, norm=norm,
-                              independence_weight=independence_weight)
+                              dropout=dropout, norm=norm)
         self.schema, self.class_key = schema, class_key
-        self.independence_weight = independence_weight
         self.n_latent_content = n_latent_content
         self.content_noise = content_noise
         self.content_scale = (2.0 * content_penalty) ** -0.5
@@ -231,8 +220,6 @@ class LORD(nn.Module):
                                      domain=observed.get(sites.DOMAIN))
             if self.training and self.stage == 2:
                 self._content_match(batch)
-        if self.training and self.stage == 1 and self.independence_weight:
-            self._class_independence(batch, content, observed[self.class_key])
         return expression
 
     def guide(self, batch: CellBatch) -> torch.Tensor:
@@ -241,15 +228,6 @@ class LORD(nn.Module):
         with cells_plate(batch):
             loc = self.encoded_content(batch.counts) if self.stage == 2 else self._codes_of(batch)
             return pyro.sample(CONTENT, self._content_distribution(loc))
-
-    def _class_independence(self, batch: CellBatch, content: torch.Tensor,
-                            value: torch.Tensor) -> None:
-        """Factor ``"class_independence"`` (outside the cells plate): minus the weight x
-        cells x HSIC(content, class) of the minibatch."""
-        onehot = self.class_features(value)
-        kernel = gaussian_kernel(content, dimension_bandwidth(content.shape[-1]))
-        pyro.factor(CLASS_INDEPENDENCE,
-                    -self.independence_weight * batch.n_cells * hsic(kernel, onehot @ onehot.T))
 
     def _content_match(self, batch: CellBatch) -> None:
         """Per cell: the log density of the stage-one code under ``N(E(x), sigma^2)`` (up to

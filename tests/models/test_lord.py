@@ -69,8 +69,7 @@ def test_bad_settings_get_named_errors(data, adata):
         LORD(data.schema, class_key="dose")
     with pytest.raises(ValueError, match="the data carries no perturbation"):
         LORD(data.schema, class_key="perturbation")
-    for name, value in [("content_noise", -0.1), ("content_penalty", 0.0),
-                        ("independence_weight", -1.0)]:
+    for name, value in [("content_noise", -0.1), ("content_penalty", 0.0)]:
         with pytest.raises(ValueError, match=name):
             LORD(data.schema, **{name: value})
     model = small(data)

@@ -2,8 +2,8 @@
 content holds no class, the class embedding all of it, and stage two's encoder reproduces the
 codes and generalises to new cells of the same world.
 
-Settings (content noise 0.1, L2 0.5, learning rates, ``independence_weight=1``) were chosen on
-seeds 0 and 3; the test uses seed 1 (seeds 1-3 are reported by ``lord_scores``).
+Settings (content noise 0.1, L2 0.5, learning rates) were chosen on seed 0; the test uses
+seed 1 (``lord_scores(seed)`` gives the numbers of any seed).
 """
 
 from __future__ import annotations
@@ -40,12 +40,11 @@ def within_class_truth(adata, labels: np.ndarray) -> np.ndarray:
     return np.column_stack([centred, adata.obsm["z_spur"]])
 
 
-def lord_scores(seed: int, independence_weight: float = 0.0) -> dict:
+def lord_scores(seed: int) -> dict:
     adata = invariant_spurious(n_cells=2000, n_genes=100, seed=seed)
     data = CellData.from_anndata(adata, label_key="label", domain_key="domain")
     torch.manual_seed(seed)
-    model = LORD(data.schema, n_latent_class=4, n_latent_content=8,
-                 independence_weight=independence_weight)
+    model = LORD(data.schema, n_latent_class=4, n_latent_content=8)
     fit(model, data, max_epochs=200, lr=3e-2, validation_fraction=0.0, progress=False,
         device="cpu", seed=seed)
     codes = model.codes.detach().numpy().copy()
@@ -73,6 +72,9 @@ def lord_scores(seed: int, independence_weight: float = 0.0) -> dict:
 
 
 def test_content_is_class_free_and_stage_two_generalises():
+    """A linear classifier finds no class in the content; an MLP finds some (0.41 on this seed,
+    chance 0.34; 0.39 and 0.51 on seeds 2 and 3): noise and L2 remove the class means from the
+    content, not every nonlinear trace of the class. It is printed, not asserted."""
     plain = lord_scores(seed=1)
     print("LORD:", {k: round(v, 3) for k, v in plain.items()})
     chance = plain["chance"]
@@ -81,7 +83,3 @@ def test_content_is_class_free_and_stage_two_generalises():
     assert plain["encoder vs codes r"] > 0.9, plain
     assert plain["truth R2 new cells"] > plain["truth R2 training cells"] - 0.15, plain
     assert plain["truth R2 new cells"] > 0.6, plain
-    independent = lord_scores(seed=1, independence_weight=1.0)
-    print("LORD + class independence:", {k: round(v, 3) for k, v in independent.items()})
-    assert independent["content mlp"] < chance + 0.1, independent
-    assert independent["content linear"] < chance + 0.1, independent
