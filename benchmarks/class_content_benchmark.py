@@ -37,20 +37,17 @@ types, and R^2 on the top-50 DE genes per type).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
 import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fcr_benchmark import fit_sparse_shift, print_response_summary  # noqa: E402
-from kang_heldout_response import dense, naive_baseline, read_kang, scores  # noqa: E402
+from kang_heldout_response import (held_out_folds, read_kang, run_external,  # noqa: E402
+                                   scores)
 
 def fit_lord(data, args):
     from pyro_causalcell import LORD, fit
@@ -77,25 +74,6 @@ def fit_beta_vae(data, args, beta: float):
     return model, time.perf_counter() - start
 
 
-def run_external(script: str, python: str, adata: ad.AnnData, held_out: np.ndarray,
-                 cell_type: str, args) -> tuple[np.ndarray, np.ndarray, float]:
-    """A published package's prediction (log-normalised) of the type's control cells, run in
-    its own virtual environment by ``external/<script>``."""
-    runner = Path(__file__).resolve().parent / "external" / script
-    with tempfile.TemporaryDirectory() as folder:
-        path, output = Path(folder) / "input.h5ad", Path(folder) / "result.npz"
-        copy = adata.copy()
-        copy.obs["split"] = np.where(held_out, "held_out", "train")
-        copy.write_h5ad(path)
-        command = [python, str(runner), "--input", str(path), "--perturbation-key",
-                   "condition", "--control", "ctrl", "--covariate-key", "cell_type",
-                   "--held-out-type", cell_type, "--seed", str(args.seed), "--output",
-                   str(output), "--threads", "2"]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        result = np.load(output, allow_pickle=False)
-        return result["predicted"], result["obs_names"], float(result["train_seconds"])
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cell-types", default=None,
@@ -105,34 +83,23 @@ def main(argv=None) -> None:
                         help="the VAEs' latent size; LORD's class embedding (content: twice)")
     parser.add_argument("--scgen-python", help="python of the scgen environment")
     parser.add_argument("--biolord-python", help="python of the biolord environment")
+    parser.add_argument("--scgen-epochs", type=int, default=100, help="scGen's tutorial: 100")
+    parser.add_argument("--biolord-epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    from pyro_causalcell import CellData, counterfactual, latent_arithmetic
+    from pyro_causalcell import counterfactual, latent_arithmetic
     from pyro_causalcell.plotting import log_normalise
 
     adata = read_kang()
-    obs = adata.obs
-    types = (sorted(obs["cell_type"].unique()) if args.cell_types is None
-             else [c.strip() for c in args.cell_types.split(",")])
-    logged = log_normalise(dense(adata.X).astype(float))
-    externals = {"scGen (scgen)": ("run_scgen.py", args.scgen_python),
-                 "biolord (biolord)": ("run_biolord.py", args.biolord_python)}
+    externals = {"scGen (scgen)": ("run_scgen.py", args.scgen_python, args.scgen_epochs),
+                 "biolord (biolord)": ("run_biolord.py", args.biolord_python,
+                                       args.biolord_epochs)}
     response = []
-    for cell_type in types:
-        is_type = (obs["cell_type"] == cell_type).to_numpy()
-        is_stim = (obs["condition"] == "stim").to_numpy()
-        held_out = is_type & is_stim
-        train = adata[~held_out].copy()
-        source = adata[is_type & ~is_stim].copy()
-        observed, control = logged[held_out], logged[is_type & ~is_stim]
-        data = CellData.from_anndata(train, perturbation_key="condition", control="ctrl",
-                                     domain_key="cell_type")
-        print(f"{cell_type}: {held_out.sum()} held out, {source.n_obs} controls", flush=True)
-        rows = {"control cells (no response)": scores(control, observed, control),
-                "naive baseline": scores(naive_baseline(adata, cell_type, logged), observed,
-                                         control)}
+    for fold in held_out_folds(adata, args.cell_types):
+        cell_type, data, source = fold.cell_type, fold.data, fold.source
+        observed, control, rows = fold.observed, fold.control, fold.rows
         counterfactuals = {"LORD, class swapped": lambda: fit_lord(data, args),
                            "iVAE counterfactual": lambda: fit_sparse_shift(data, args, "ivae")}
         for name, make in counterfactuals.items():
@@ -153,11 +120,11 @@ def main(argv=None) -> None:
                           "fit_seconds": seconds}
             print(f"  {name}: {seconds:.0f} s, R^2 top-50 {rows[name]['r2_top50_de']:.3f}",
                   flush=True)
-        for name, (script, python) in externals.items():
+        for name, (script, python, epochs) in externals.items():
             if not python:
                 continue
-            predicted, names, seconds = run_external(script, python, adata, held_out,
-                                                     cell_type, args)
+            predicted, names, seconds = run_external(script, python, epochs, adata,
+                                                     fold.held_out, cell_type, args.seed)
             order = pd.Index(names).get_indexer(source.obs_names)
             rows[name] = {**scores(predicted[order], observed, control), "fit_seconds": seconds}
             print(f"  {name}: {seconds:.0f} s, R^2 top-50 {rows[name]['r2_top50_de']:.3f}",

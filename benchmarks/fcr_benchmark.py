@@ -33,9 +33,7 @@ the tables (means over the held-out types, and per type).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +43,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kang_heldout_response import dense, naive_baseline, read_kang, scores  # noqa: E402
+from kang_heldout_response import (held_out_folds, read_kang, run_external,  # noqa: E402
+                                   scores)
 
 BLOCKS = ("z_x", "z_t", "z_tx")
 
@@ -109,24 +108,6 @@ def block_structure(model, train: ad.AnnData, data, seed: int) -> tuple[dict, di
     return nmi, tests
 
 
-def run_cpa(python: str, adata: ad.AnnData, held_out: np.ndarray, cell_type: str,
-            args) -> tuple[np.ndarray, np.ndarray, float]:
-    """CPA's counterfactual (log-normalised) of the type's control cells, in its own venv."""
-    script = Path(__file__).resolve().parent / "external" / "run_cpa.py"
-    with tempfile.TemporaryDirectory() as folder:
-        path, output = Path(folder) / "input.h5ad", Path(folder) / "cpa.npz"
-        copy = adata.copy()
-        copy.obs["split"] = np.where(held_out, "held_out", "train")
-        copy.write_h5ad(path)
-        command = [python, str(script), "--input", str(path), "--perturbation-key",
-                   "condition", "--control", "ctrl", "--covariate-key", "cell_type",
-                   "--held-out-type", cell_type, "--epochs", str(args.cpa_epochs), "--seed",
-                   str(args.seed), "--output", str(output), "--threads", "2"]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        result = np.load(output, allow_pickle=False)
-        return result["predicted"], result["obs_names"], float(result["train_seconds"])
-
-
 def markdown(table: pd.DataFrame) -> str:
     """A markdown table of ``table`` (index as the first column), without extra packages."""
     lines = ["| | " + " | ".join(map(str, table.columns)) + " |",
@@ -172,28 +153,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    from pyro_causalcell import CellData, counterfactual
+    from pyro_causalcell import counterfactual
     from pyro_causalcell.plotting import log_normalise
 
     adata = read_kang()
-    obs = adata.obs
-    types = (sorted(obs["cell_type"].unique()) if args.cell_types is None
-             else [c.strip() for c in args.cell_types.split(",")])
-    logged = log_normalise(dense(adata.X).astype(float))
     response, blocks, independence = [], [], []
-    for cell_type in types:
-        is_type = (obs["cell_type"] == cell_type).to_numpy()
-        is_stim = (obs["condition"] == "stim").to_numpy()
-        held_out = is_type & is_stim
-        train = adata[~held_out].copy()
-        source = adata[is_type & ~is_stim].copy()
-        observed, control = logged[held_out], logged[is_type & ~is_stim]
-        data = CellData.from_anndata(train, perturbation_key="condition", control="ctrl",
-                                     domain_key="cell_type")
-        print(f"{cell_type}: {held_out.sum()} held out, {source.n_obs} controls", flush=True)
-        rows = {"control cells (no response)": scores(control, observed, control),
-                "naive baseline": scores(naive_baseline(adata, cell_type, logged), observed,
-                                         control)}
+    for fold in held_out_folds(adata, args.cell_types):
+        cell_type, data, source, train = fold.cell_type, fold.data, fold.source, fold.train
+        observed, control, rows = fold.observed, fold.control, fold.rows
         fitted = {"FCR": lambda: fit_fcr(data, args, None),
                   "FCR, no discriminators": lambda: fit_fcr(data, args, 0.0),
                   "iVAE": lambda: fit_sparse_shift(data, args, "ivae"),
@@ -211,8 +178,9 @@ def main(argv=None) -> None:
             print(f"  {name}: {seconds:.0f} s, R^2 top-50 {rows[name]['r2_top50_de']:.3f}",
                   flush=True)
         if args.cpa_python:
-            predicted, names, seconds = run_cpa(args.cpa_python, adata, held_out, cell_type,
-                                                args)
+            predicted, names, seconds = run_external("run_cpa.py", args.cpa_python,
+                                                     args.cpa_epochs, adata, fold.held_out,
+                                                     cell_type, args.seed)
             order = pd.Index(names).get_indexer(source.obs_names)
             rows["CPA (cpa-tools)"] = {**scores(predicted[order], observed, control),
                                        "fit_seconds": seconds}

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,6 +81,60 @@ def naive_baseline(adata: ad.AnnData, cell_type: str, logged: np.ndarray) -> np.
         shifts.append(stim - ctrl)
     control = logged[((obs["cell_type"] == cell_type) & (obs["condition"] == "ctrl")).to_numpy()]
     return control + np.mean(shifts, axis=0)
+
+
+def run_external(script: str, python: str, epochs: int, adata: ad.AnnData,
+                 held_out: np.ndarray, cell_type: str,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A published package's prediction (log-normalised) of the type's control cells, run in
+    its own virtual environment by ``external/<script>``."""
+    runner = Path(__file__).resolve().parent / "external" / script
+    with tempfile.TemporaryDirectory() as folder:
+        path, output = Path(folder) / "input.h5ad", Path(folder) / "result.npz"
+        copy = adata.copy()
+        copy.obs["split"] = np.where(held_out, "held_out", "train")
+        copy.write_h5ad(path)
+        command = [python, str(runner), "--input", str(path), "--perturbation-key",
+                   "condition", "--control", "ctrl", "--covariate-key", "cell_type",
+                   "--held-out-type", cell_type, "--epochs", str(epochs), "--seed",
+                   str(seed), "--output", str(output), "--threads", "2"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        result = np.load(output, allow_pickle=False)
+        return result["predicted"], result["obs_names"], float(result["train_seconds"])
+
+
+def held_out_folds(adata: ad.AnnData, cell_types: str | None):
+    """One fold per held-out cell type (``cell_types``: comma-separated, default all): yields
+    ``SimpleNamespace(cell_type, held_out, train, source, observed, control, data, rows)``,
+    ``held_out`` the mask of its stimulated cells, ``train`` every other cell, ``source`` its
+    control cells, ``observed`` / ``control`` their log-normalised expression, ``data`` the
+    training cells encoded (condition = perturbation, cell type = domain) and ``rows`` the
+    scores of the two references (the controls themselves and the naive baseline)."""
+    from types import SimpleNamespace
+
+    from pyro_causalcell import CellData
+    from pyro_causalcell.plotting import log_normalise
+
+    obs = adata.obs
+    types = (sorted(obs["cell_type"].unique()) if cell_types is None
+             else [c.strip() for c in cell_types.split(",")])
+    logged = log_normalise(dense(adata.X).astype(float))
+    for cell_type in types:
+        is_type = (obs["cell_type"] == cell_type).to_numpy()
+        is_stim = (obs["condition"] == "stim").to_numpy()
+        held_out = is_type & is_stim
+        train = adata[~held_out].copy()
+        observed, control = logged[held_out], logged[is_type & ~is_stim]
+        data = CellData.from_anndata(train, perturbation_key="condition", control="ctrl",
+                                     domain_key="cell_type")
+        rows = {"control cells (no response)": scores(control, observed, control),
+                "naive baseline": scores(naive_baseline(adata, cell_type, logged), observed,
+                                         control)}
+        print(f"{cell_type}: {held_out.sum()} held out, {(is_type & ~is_stim).sum()} controls",
+              flush=True)
+        yield SimpleNamespace(cell_type=cell_type, held_out=held_out, train=train,
+                              source=adata[is_type & ~is_stim].copy(), observed=observed,
+                              control=control, data=data, rows=rows)
 
 
 def main(argv=None) -> None:
