@@ -1,5 +1,7 @@
-"""What the external runners share: their command-line contract with
-``benchmarks/invae_benchmark.py``. Standard library only (each runner has its own venv)."""
+"""What the external runners share: their command-line contracts with
+``benchmarks/invae_benchmark.py`` and with the Kang held-out-response benchmarks
+(``run_external`` in ``benchmarks/kang_heldout_response.py``), and the reading and checking of
+their input. Standard library at import (each runner has its own venv)."""
 
 from __future__ import annotations
 
@@ -75,3 +77,68 @@ def read_h5ad(path):
         var = f["var"]
         var_names = _col(var[var.attrs["_index"]])
     return ad.AnnData(X=X, obs=df, var=pd.DataFrame(index=var_names))
+
+
+def response_parser(description: str, epochs: int, epochs_help: str) -> argparse.ArgumentParser:
+    """The held-out-response runners' options (CPA, scGen, biolord): input, keys, the
+    held-out type, epochs, seed, output, threads; each runner adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--input", required=True,
+                   help=".h5ad: raw counts in X; obs with perturbation, covariate and 'split'")
+    p.add_argument("--perturbation-key", required=True)
+    p.add_argument("--control", required=True, help="control value of the perturbation column")
+    p.add_argument("--perturbation", default=None,
+                   help="perturbation to predict (default: the single non-control value)")
+    p.add_argument("--covariate-key", required=True)
+    p.add_argument("--held-out-type", required=True)
+    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--progress", action="store_true", help="show lightning's progress bar")
+    return p
+
+
+def held_out_response_input(args, dtype):
+    """The training cells of a held-out-response run, checked.
+
+    Reads ``args.input`` (raw counts as CSR of ``dtype``; obs keys as strings), keeps the
+    ``split == "train"`` cells and returns ``(train, target, others, query_mask)``: the
+    perturbation to predict, every non-control perturbation, and the mask of the held-out
+    type's control cells (the prediction's source). Raises ``ValueError`` on a bad split
+    column, an unknown control or perturbation, held-out cells left in training, or no source.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    adata = read_h5ad(args.input)
+    X = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    adata.X = sp.csr_matrix(X, dtype=dtype)
+    pk, ck = args.perturbation_key, args.covariate_key
+    for key in (pk, ck, "split"):
+        adata.obs[key] = adata.obs[key].astype(str)
+    split = adata.obs["split"].to_numpy()
+    if not np.isin(split, ["train", "held_out"]).all():
+        raise ValueError("obs['split'] must be 'train' or 'held_out'")
+    train = adata[split == "train"].copy()
+    pert_values = sorted(set(train.obs[pk]))
+    if args.control not in pert_values:
+        raise ValueError(f"control {args.control!r} not among the training perturbations "
+                         f"{pert_values}")
+    others = [v for v in pert_values if v != args.control]
+    target = args.perturbation
+    if target is None:
+        if len(others) != 1:
+            raise ValueError(f"several non-control perturbations {others}: pass --perturbation")
+        target = others[0]
+    if target not in others:
+        raise ValueError(f"perturbation {target!r} not among the training perturbations {others}")
+    held_mask = (train.obs[ck] == args.held_out_type).to_numpy()
+    leak = held_mask & (train.obs[pk] == target).to_numpy()
+    if leak.any():
+        raise ValueError(f"{int(leak.sum())} training cells are {target!r} cells of the held-out "
+                         f"type {args.held_out_type!r}; they must be split 'held_out'")
+    query_mask = held_mask & (train.obs[pk] == args.control).to_numpy()
+    if not query_mask.any():
+        raise ValueError(f"no {args.control!r} training cells of type {args.held_out_type!r}")
+    return train, target, others, query_mask

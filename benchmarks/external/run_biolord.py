@@ -116,7 +116,6 @@ Protocol (what the script does, and why):
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -126,20 +125,11 @@ import time
 import warnings
 from importlib.metadata import version
 
-from common import read_h5ad
+from common import held_out_response_input, response_parser
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True,
-                   help=".h5ad: raw counts in X; obs with perturbation, covariate and 'split'")
-    p.add_argument("--perturbation-key", required=True)
-    p.add_argument("--control", required=True, help="control value of the perturbation column")
-    p.add_argument("--perturbation", default=None,
-                   help="perturbation to predict (default: the single non-control value)")
-    p.add_argument("--covariate-key", required=True)
-    p.add_argument("--held-out-type", required=True)
-    p.add_argument("--epochs", type=int, default=500, help="max_epochs (tutorial: 500)")
+    p = response_parser(__doc__.split("\n\n")[0], 500, "max_epochs (tutorial: 500)")
     p.add_argument("--batch-size", type=int, default=512, help="tutorial: 512")
     p.add_argument("--n-latent", type=int, default=32, help="tutorial: 32")
     p.add_argument("--gene-likelihood", choices=["normal", "nb"], default="normal",
@@ -150,10 +140,6 @@ def parse_args(argv=None):
     p.add_argument("--early-stopping-patience", type=int, default=20, help="tutorial: 20")
     p.add_argument("--no-early-stopping", action="store_true",
                    help="train exactly --epochs epochs (the tutorial uses early stopping)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--progress", action="store_true", help="show lightning's progress bar")
     return p.parse_args(argv)
 
 
@@ -221,36 +207,8 @@ def main(argv=None):
     logdir = tempfile.mkdtemp(prefix="biolord_logs_")
     scvi.settings.logging_dir = logdir
 
-    adata = read_h5ad(args.input)
-    X = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
-    adata.X = sp.csr_matrix(X, dtype=np.float64)
+    train, target, others, query_mask = held_out_response_input(args, np.float64)
     pk, ck = args.perturbation_key, args.covariate_key
-    for key in (pk, ck, "split"):
-        adata.obs[key] = adata.obs[key].astype(str)
-    split = adata.obs["split"].to_numpy()
-    if not np.isin(split, ["train", "held_out"]).all():
-        raise ValueError("obs['split'] must be 'train' or 'held_out'")
-    train = adata[split == "train"].copy()
-    del adata
-    pert_values = sorted(set(train.obs[pk]))
-    if args.control not in pert_values:
-        raise ValueError(f"control {args.control!r} not among the training perturbations {pert_values}")
-    others = [v for v in pert_values if v != args.control]
-    target = args.perturbation
-    if target is None:
-        if len(others) != 1:
-            raise ValueError(f"several non-control perturbations {others}: pass --perturbation")
-        target = others[0]
-    if target not in others:
-        raise ValueError(f"perturbation {target!r} not among the training perturbations {others}")
-    held_mask = (train.obs[ck] == args.held_out_type).to_numpy()
-    leak = held_mask & (train.obs[pk] == target).to_numpy()
-    if leak.any():
-        raise ValueError(f"{int(leak.sum())} training cells are {target!r} cells of the held-out "
-                         f"type {args.held_out_type!r}; they must be split 'held_out'")
-    query_mask = held_mask & (train.obs[pk] == args.control).to_numpy()
-    if not query_mask.any():
-        raise ValueError(f"no {args.control!r} training cells of type {args.held_out_type!r}")
 
     # biolord's own train / validation split, random, never among the source (query) cells.
     rng = np.random.default_rng(args.seed)

@@ -95,7 +95,6 @@ Protocol (what the script does, and why):
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -105,29 +104,16 @@ import time
 import warnings
 from importlib.metadata import version
 
-from common import read_h5ad
+from common import held_out_response_input, response_parser
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True,
-                   help=".h5ad: raw counts in X; obs with perturbation, covariate and 'split'")
-    p.add_argument("--perturbation-key", required=True)
-    p.add_argument("--control", required=True, help="control value of the perturbation column")
-    p.add_argument("--perturbation", default=None,
-                   help="perturbation to predict (default: the single non-control value)")
-    p.add_argument("--covariate-key", required=True)
-    p.add_argument("--held-out-type", required=True)
-    p.add_argument("--epochs", type=int, default=2000, help="max_epochs (tutorial: 2000)")
+    p = response_parser(__doc__.split("\n\n")[0], 2000, "max_epochs (tutorial: 2000)")
     p.add_argument("--batch-size", type=int, default=512, help="tutorial: 512")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of the training cells used as CPA's validation split")
     p.add_argument("--check-val-every", type=int, default=5, help="tutorial: 5")
     p.add_argument("--early-stopping-patience", type=int, default=5, help="tutorial: 5")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--progress", action="store_true", help="show lightning's progress bar")
     return p.parse_args(argv)
 
 
@@ -191,7 +177,6 @@ def main(argv=None):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # scvi-tools 0.20 imports jax
 
     import numpy as np
-    import scipy.sparse as sp
     import torch
 
     torch.set_num_threads(n_threads)
@@ -207,37 +192,8 @@ def main(argv=None):
     logdir = tempfile.mkdtemp(prefix="cpa_logs_")
     scvi.settings.logging_dir = logdir
 
-    adata = read_h5ad(args.input)
-    X = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
-    adata.X = sp.csr_matrix(X, dtype=np.float32)
+    train, target, others, query_mask = held_out_response_input(args, np.float32)
     pk, ck = args.perturbation_key, args.covariate_key
-    for key in (pk, ck, "split"):
-        adata.obs[key] = adata.obs[key].astype(str)
-    split = adata.obs["split"].to_numpy()
-    if not np.isin(split, ["train", "held_out"]).all():
-        raise ValueError("obs['split'] must be 'train' or 'held_out'")
-    is_train = split == "train"
-    train = adata[is_train].copy()
-    del adata
-    pert_values = sorted(set(train.obs[pk]))
-    if args.control not in pert_values:
-        raise ValueError(f"control {args.control!r} not among the training perturbations {pert_values}")
-    others = [v for v in pert_values if v != args.control]
-    target = args.perturbation
-    if target is None:
-        if len(others) != 1:
-            raise ValueError(f"several non-control perturbations {others}: pass --perturbation")
-        target = others[0]
-    if target not in others:
-        raise ValueError(f"perturbation {target!r} not among the training perturbations {others}")
-    held_mask = (train.obs[ck] == args.held_out_type).to_numpy()
-    leak = held_mask & (train.obs[pk] == target).to_numpy()
-    if leak.any():
-        raise ValueError(f"{int(leak.sum())} training cells are {target!r} cells of the held-out "
-                         f"type {args.held_out_type!r}; they must be split 'held_out'")
-    query_mask = held_mask & (train.obs[pk] == args.control).to_numpy()
-    if not query_mask.any():
-        raise ValueError(f"no {args.control!r} training cells of type {args.held_out_type!r}")
 
     # CPA's own train / validation split, random, among the training cells only.
     rng = np.random.default_rng(args.seed)
