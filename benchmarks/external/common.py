@@ -142,3 +142,27 @@ def held_out_response_input(args, dtype):
     if not query_mask.any():
         raise ValueError(f"no {args.control!r} training cells of type {args.held_out_type!r}")
     return train, target, others, query_mask
+
+
+def epoch_timer(callback_class, metric: str):
+    """A lightning callback (``callback_class``: the ``Callback`` of the runner's lightning)
+    recording each training epoch's wall time in ``times`` and, at each validation check, the
+    value of ``metric`` as ``(epoch, value)`` in ``val``."""
+    import time
+
+    class EpochTimer(callback_class):
+        def __init__(self):
+            self.times, self.t0, self.val = [], None, []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.times.append(time.perf_counter() - self.t0)
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            value = trainer.callback_metrics.get(metric)
+            if value is not None:
+                self.val.append((int(trainer.current_epoch), float(value)))
+
+    return EpochTimer()

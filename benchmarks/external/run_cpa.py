@@ -104,7 +104,7 @@ import time
 import warnings
 from importlib.metadata import version
 
-from common import held_out_response_input, response_parser
+from common import epoch_timer, held_out_response_input, response_parser
 
 
 def parse_args(argv=None):
@@ -233,22 +233,7 @@ def main(argv=None):
         **MODEL_PARAMS,
     )
 
-    class _Timer(Callback):
-        def __init__(self):
-            self.times, self.t0, self.val = [], None, []
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            self.times.append(time.perf_counter() - self.t0)
-
-        def on_validation_epoch_end(self, trainer, pl_module):
-            m = trainer.callback_metrics.get("cpa_metric")
-            if m is not None:
-                self.val.append((int(trainer.current_epoch), float(m)))
-
-    timer = _Timer()
+    timer = epoch_timer(Callback, "cpa_metric")
     check_every = max(1, min(args.check_val_every, args.epochs))
     t0 = time.perf_counter()
     with warnings.catch_warnings():

@@ -104,7 +104,7 @@ import time
 import warnings
 from importlib.metadata import version
 
-from common import held_out_response_input, response_parser
+from common import epoch_timer, held_out_response_input, response_parser
 
 
 def parse_args(argv=None):
@@ -169,22 +169,7 @@ def main(argv=None):
     model = scgen.SCGEN(train, **MODEL_PARAMS)
     module_defaults = {"kl_weight": model.module.kl_weight}
 
-    class _Timer(Callback):
-        def __init__(self):
-            self.times, self.t0, self.val = [], None, []
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            self.times.append(time.perf_counter() - self.t0)
-
-        def on_validation_epoch_end(self, trainer, pl_module):
-            m = trainer.callback_metrics.get("elbo_validation")
-            if m is not None:
-                self.val.append((int(trainer.current_epoch), float(m)))
-
-    timer = _Timer()
+    timer = epoch_timer(Callback, "elbo_validation")
     early = not args.no_early_stopping
     train_kwargs = dict(
         max_epochs=args.epochs,
