@@ -1,6 +1,7 @@
 """Engines that work on any model following the model protocol: fit, latent, transfer,
 posteriors, counterfactuals, save / load."""
 
+from .checkpoint import CheckpointMismatchError
 from .counterfactual import (check_intervention_tensor, counterfactual, intervention_tensor,
                              interventional)
 from .covariate_posterior import covariate_posterior
@@ -19,7 +20,7 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "global_posterior", "counterfactual", "interventional", "intervention_tensor",
            "check_intervention_tensor",
            "evaluate_elbo", "resolve_device", "TrainingHistory", "TrainingDivergedError",
-           "ModelSchemaMismatchError", "ModelFileError",
+           "ModelSchemaMismatchError", "ModelFileError", "CheckpointMismatchError",
            "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
            "LatentClassifier", "train_classifier", "covariate_posterior", "latent_arithmetic",
            "latent_shift"]

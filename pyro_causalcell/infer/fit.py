@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from ..data import CellData
 from ..data.samplers import RandomSampler, Sampler, group_codes, stratified_split
 from ..handlers import block_penalties
+from .checkpoint import read_checkpoint, restore_random_states, write_checkpoint
 from .device import place_data, resolve_device
 from .history import TrainingHistory
 from .protocol import check_schema, evaluation, non_finite_parameters, seeded
@@ -118,7 +120,8 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         parameters: Iterable[torch.nn.Parameter] | None = None,
         adversaries: Iterable[Adversary] = (),
         penalty_weights: dict[str, Weight] | None = None,
-        monitor: Callable | None = None) -> TrainingHistory:
+        monitor: Callable | None = None, checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 1) -> TrainingHistory:
     """Fit a model by minibatch stochastic variational inference.
 
     Parameters
@@ -186,6 +189,14 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         classifier accuracy; computed after each epoch in evaluation mode and recorded in
         ``history.monitored``.
 
+    checkpoint : str or path, optional
+        A file to checkpoint the fit to (atomically, every ``checkpoint_every`` epochs and at
+        the end: parameters, optimisers, random states, history, epoch); if it exists, the
+        fit resumes from it and ends where an uninterrupted fit with the same seed ends. A
+        larger ``max_epochs`` continues a finished fit. See
+        :mod:`~pyro_causalcell.infer.checkpoint`.
+    checkpoint_every : int
+
     Returns
     -------
     TrainingHistory
@@ -193,6 +204,9 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
 
     Raises
     ------
+    CheckpointMismatchError
+        ``checkpoint`` was written by a fit with other settings (data size, seed, batch size,
+        learning rate, ...).
     TrainingDivergedError
         The loss became NaN or infinite; parameters are restored to the end of the last
         complete epoch.
@@ -202,6 +216,8 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
                          f"{batch_size}")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if early_stopping and validation_fraction == 0.0:
         raise ValueError("early_stopping=True needs held-out cells: set validation_fraction > 0")
     check_schema(model, data)
@@ -230,10 +246,25 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
                             penalty_weights=penalty_weights)
         history = TrainingHistory()
         best = (-math.inf, None)
-        epochs_without_improvement = 0
+        epochs_without_improvement = first_epoch = 0
+        fingerprint = dict(n_cells=data.n_cells, n_train=len(train_index), seed=seed,
+                           batch_size=batch_size, lr=lr, kl_warmup_epochs=kl_warmup_epochs,
+                           validation_fraction=validation_fraction,
+                           early_stopping=early_stopping)
+        resumed = None if checkpoint is None else read_checkpoint(checkpoint, fingerprint)
+        if resumed is not None:
+            model.load_state_dict(resumed["model"])
+            step.load_state_dict(resumed["step"])
+            history = TrainingHistory(**resumed["history"])
+            best, epochs_without_improvement = resumed["best"], resumed["stale_epochs"]
+            first_epoch = resumed["epoch"]
+            restore_random_states(resumed, generator)
+        seconds_before = history.seconds
         start = time.perf_counter()
         n_train = len(train_index)
-        bar = tqdm(range(max_epochs), disable=not progress, desc="fit", unit="epoch")
+        epochs = range(first_epoch, max_epochs) if not history.stopped_early else range(0)
+        bar = tqdm(epochs, initial=first_epoch, total=max_epochs, disable=not progress,
+                   desc="fit", unit="epoch")
         kl_weight = warmup(max(kl_warmup_epochs, 0))
         model.train(not eval_mode)
         trained = [*step.parameters, *(p for a in adversaries for p in a.module.parameters())]
@@ -242,50 +273,69 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
             # pyro.module notes each frozen parameter it skips; freezing them is the point
             warnings.filterwarnings("ignore", message=".*not registered in the param store "
                                     "because requires_grad=False")
-            for epoch in bar:
-                weight = kl_weight(epoch)
-                step.start_epoch(epoch, weight)
-                last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(step.state_dict()))
-                sums = EpochSums()
-                for number, batch in enumerate(sampler.batches(data, train_index, batch_size,
-                                                               generator)):
-                    if copy_batches:
-                        batch = batch.to(device)
-                    # validate distributions and shapes on the very first step only: costly
-                    result = step(batch, validate=epoch == 0 and number == 0)
-                    if not math.isfinite(result.loss):
-                        raise _diverged(model, step, last_good, history, start,
-                                        _diverged_message(f"the loss became {result.loss}",
-                                                          epoch, f"step {number}", lr))
-                    sums.add(result, len(batch))
-                sums.record(history, n_train)
-                history.kl_weight.append(weight)
-                postfix = {"elbo": f"{history.train_elbo[-1]:.4g}"}
-                if len(validation_index):
-                    score = evaluate_elbo(model, data, validation_index,
-                                          batch_size=max(batch_size, 1024), elbo=step.elbo,
-                                          device=device if copy_batches else None)
-                    if not math.isfinite(score):
-                        raise _diverged(model, step, last_good, history, start,
-                                        _diverged_message(f"the validation ELBO became {score}",
-                                                          epoch, "validation", lr))
-                    history.validation_elbo.append(score)
-                    postfix["val"] = f"{score:.4g}"
-                    if monitor is not None:
-                        with evaluation(model), torch.no_grad():
-                            score = float(monitor(model, data, validation_index))
-                        history.monitored.append(score)
-                    if early_stopping:
-                        if score > best[0]:
-                            best = (score, copy.deepcopy(model.state_dict()))
-                            history.best_epoch = epoch
-                            epochs_without_improvement = 0
-                        else:
-                            epochs_without_improvement += 1
-                bar.set_postfix(postfix)
-                if early_stopping and epochs_without_improvement >= patience:
-                    history.stopped_early = True
-                    break
+            last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(step.state_dict()),
+                         copy.deepcopy(history))
+            epoch = first_epoch
+            try:
+                for epoch in bar:
+                    weight = kl_weight(epoch)
+                    step.start_epoch(epoch, weight)
+                    last_good = (copy.deepcopy(model.state_dict()),
+                                 copy.deepcopy(step.state_dict()), copy.deepcopy(history))
+                    sums = EpochSums()
+                    for number, batch in enumerate(sampler.batches(data, train_index, batch_size,
+                                                                   generator)):
+                        if copy_batches:
+                            batch = batch.to(device)
+                        # validate distributions and shapes on the very first step only: costly
+                        result = step(batch, validate=epoch == 0 and number == 0)
+                        if not math.isfinite(result.loss):
+                            raise _diverged(model, step, last_good, history, start,
+                                            _diverged_message(f"the loss became {result.loss}",
+                                                              epoch, f"step {number}", lr))
+                        sums.add(result, len(batch))
+                    sums.record(history, n_train)
+                    history.kl_weight.append(weight)
+                    postfix = {"elbo": f"{history.train_elbo[-1]:.4g}"}
+                    if len(validation_index):
+                        score = evaluate_elbo(model, data, validation_index,
+                                              batch_size=max(batch_size, 1024), elbo=step.elbo,
+                                              device=device if copy_batches else None)
+                        if not math.isfinite(score):
+                            raise _diverged(model, step, last_good, history, start,
+                                            _diverged_message(f"the validation ELBO became {score}",
+                                                              epoch, "validation", lr))
+                        history.validation_elbo.append(score)
+                        postfix["val"] = f"{score:.4g}"
+                        if monitor is not None:
+                            with evaluation(model), torch.no_grad():
+                                score = float(monitor(model, data, validation_index))
+                            history.monitored.append(score)
+                        if early_stopping:
+                            if score > best[0]:
+                                best = (score, copy.deepcopy(model.state_dict()))
+                                history.best_epoch = epoch
+                                epochs_without_improvement = 0
+                            else:
+                                epochs_without_improvement += 1
+                    bar.set_postfix(postfix)
+                    stopping = early_stopping and epochs_without_improvement >= patience
+                    history.stopped_early = stopping
+                    if checkpoint is not None and (stopping or epoch + 1 == max_epochs
+                                                   or (epoch + 1) % checkpoint_every == 0):
+                        history.seconds = seconds_before + time.perf_counter() - start
+                        write_checkpoint(checkpoint, fingerprint=fingerprint, epoch=epoch + 1,
+                                         model=model, step=step, history=history,
+                                         generator=generator, best=best,
+                                         stale_epochs=epochs_without_improvement)
+                    if stopping:
+                        break
+            except KeyboardInterrupt:
+                # the epoch in progress is dropped: parameters, optimisers and history as it began
+                model.load_state_dict(last_good[0])
+                step.load_state_dict(last_good[1])
+                history = last_good[2]
+                history.interrupted = True
         bar.close()
         broken = non_finite_parameters(model)  # the last step can break them unseen
         if broken:
@@ -293,5 +343,9 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
                 f"parameters {broken[:3]} became NaN or infinite", epoch, "last step", lr))
         if early_stopping and best[1] is not None:
             model.load_state_dict(best[1])
-    history.seconds = time.perf_counter() - start
+    history.seconds = seconds_before + time.perf_counter() - start
+    if history.interrupted:
+        warnings.warn(f"fit interrupted during epoch {history.n_epochs}: the model holds its "
+                      f"parameters from the end of epoch {history.n_epochs - 1}, the history "
+                      "its completed epochs", UserWarning, stacklevel=2)
     return history

@@ -30,6 +30,8 @@ class TrainingHistory:
     best_epoch : int or None
         Epoch (0-based) whose parameters were kept by early stopping.
     stopped_early : bool
+    interrupted : bool
+        The fit was stopped by KeyboardInterrupt; the epoch in progress was dropped.
     seconds : float
         Wall time of training.
     """
@@ -42,6 +44,7 @@ class TrainingHistory:
     monitored: list[float] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    interrupted: bool = False
     seconds: float = 0.0
 
     @property
