@@ -80,6 +80,8 @@ def _add_training_options(parser: argparse.ArgumentParser, max_epochs: int) -> N
                        "(default: %(default)s)")
     group.add_argument("--kl-warmup-epochs", type=non_negative_int, default=10,
                        help="epochs over which the KL weight rises to 1 (default: %(default)s)")
+    group.add_argument("--checkpoint", type=Path, help="checkpoint the fit to this file every "
+                       "epoch; run the same command again to resume after a crash or a kill")
     _add_run_options(group)
 
 
@@ -313,14 +315,18 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
                     kl_warmup_epochs=args.kl_warmup_epochs, progress=not args.quiet)
     validation = dict(validation_fraction=args.validation_fraction,
                       early_stopping=args.early_stopping, patience=args.patience)
+    checkpoint = args.checkpoint
     if hasattr(model, "start_stage_two"):  # LORD: codes of every cell, then the encoder
+        first = None if checkpoint is None else checkpoint.with_name(checkpoint.name + ".stage1")
         stage_one = fit(model, data, max_epochs=args.max_epochs, validation_fraction=0.0,
-                        **settings)
+                        checkpoint=first, **settings)
         stage_one.to_dataframe().to_csv(out / "history_stage_one.csv", index=False)
         history = fit(model, data, max_epochs=args.encoder_epochs,
-                      parameters=model.start_stage_two(), **validation, **settings)
+                      parameters=model.start_stage_two(), checkpoint=checkpoint, **validation,
+                      **settings)
     else:
-        history = fit(model, data, max_epochs=args.max_epochs, **validation, **settings)
+        history = fit(model, data, max_epochs=args.max_epochs, checkpoint=checkpoint,
+                      **validation, **settings)
     z = latent(model, data)
     save(model, out / "model.pt")
     if getattr(model, "sparsity", "vae") != "vae":
@@ -404,11 +410,11 @@ def run_fit(args, out: Path) -> dict:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input, not a bug: reported in one line with exit code 2."""
     from .data import DataValidationError
-    from .infer import ModelFileError, TrainingDivergedError
+    from .infer import CheckpointMismatchError, ModelFileError, TrainingDivergedError
     from .infer.device import DeviceUnavailableError
 
     return (CommandLineError, OutputFolderError, DataValidationError, DeviceUnavailableError,
-            TrainingDivergedError, ModelFileError, PermissionError)
+            TrainingDivergedError, ModelFileError, CheckpointMismatchError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:

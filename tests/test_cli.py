@@ -502,3 +502,21 @@ def test_fit_lord_runs_both_stages_and_writes_the_content(tmp_path):
     code = main(["fit", "--model", "lord", str(path), "--out", str(tmp_path / "r2"),
                  "--class-key", "domain", *FAST])
     assert code == 2  # the data has no domain: a one-line error
+
+
+def test_fit_checkpoints_and_a_rerun_resumes(tmp_path, capsys):
+    path = tmp_path / "cells.h5ad"
+    invariant_spurious(n_cells=200, n_genes=30, seed=1).write_h5ad(path)
+    checkpoint = tmp_path / "fit.ckpt"
+    command = ["fit", str(path), "--out", str(tmp_path / "r"), "--domain-key", "domain",
+               "--checkpoint", str(checkpoint), *FAST]
+    assert main(command) == 0 and checkpoint.exists()
+    first = pd.read_csv(tmp_path / "r" / "history.csv")
+    assert main([*command, "--overwrite"]) == 0  # finished: resumes and trains no epoch more
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "r" / "history.csv"), first)
+    assert main([*command[:-len(FAST)], *FAST, "--overwrite", "--batch-size", "32"]) == 2
+    assert "batch_size: 128 then, 32 now" in capsys.readouterr().err
+    lord = ["fit", "--model", "lord", str(path), "--out", str(tmp_path / "l"), "--label-key",
+            "label", "--checkpoint", str(tmp_path / "lord.ckpt"), "--encoder-epochs", "2", *FAST]
+    assert main(lord) == 0
+    assert (tmp_path / "lord.ckpt").exists() and (tmp_path / "lord.ckpt.stage1").exists()
