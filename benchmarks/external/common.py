@@ -166,3 +166,33 @@ def epoch_timer(callback_class, metric: str):
                 self.val.append((int(trainer.current_epoch), float(value)))
 
     return EpochTimer()
+
+
+def limit_threads(threads: int) -> int:
+    """Cap BLAS / OpenMP threads (before numpy and torch are imported); returns the count."""
+    n_threads = max(1, int(threads))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n_threads)
+    return n_threads
+
+
+def seed_everything(seed: int, n_threads: int) -> None:
+    """torch's thread count, and Python's, NumPy's and torch's global seeds."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(n_threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def log1p_cp10k(mu):
+    """``log1p`` of each row normalised to 10,000 (expected counts -> the benchmark's scale)."""
+    import numpy as np
+
+    mu = np.asarray(mu, dtype=np.float64)
+    total = mu.sum(axis=1, keepdims=True)
+    return np.log1p(mu / np.maximum(total, 1e-12) * 1e4).astype(np.float32)

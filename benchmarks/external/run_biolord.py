@@ -116,8 +116,6 @@ Protocol (what the script does, and why):
 
 from __future__ import annotations
 
-import os
-import random
 import shutil
 import sys
 import tempfile
@@ -125,7 +123,8 @@ import time
 import warnings
 from importlib.metadata import version
 
-from common import epoch_timer, held_out_response_input, response_parser
+from common import (epoch_timer, held_out_response_input, limit_threads, log1p_cp10k,
+                    response_parser, seed_everything)
 
 
 def parse_args(argv=None):
@@ -173,28 +172,16 @@ TRAINER_PARAMS = {
 }
 
 
-def _log1p_cp10k(mu):
-    import numpy as np
-
-    mu = np.asarray(mu, dtype=np.float64)
-    tot = mu.sum(axis=1, keepdims=True)
-    return np.log1p(mu / np.maximum(tot, 1e-12) * 1e4).astype(np.float32)
-
 
 def main(argv=None):
     args = parse_args(argv)
-    n_threads = max(1, int(args.threads))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n_threads)
+    n_threads = limit_threads(args.threads)
 
     import numpy as np
     import scipy.sparse as sp
     import torch
 
-    torch.set_num_threads(n_threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed, n_threads)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -297,7 +284,7 @@ def main(argv=None):
             raise RuntimeError(f"unexpected prediction rows for {label!r}")
         mu = np.asarray(block.X.toarray() if sp.issparse(block.X) else block.X, dtype=np.float64)
         if args.gene_likelihood == "nb":
-            out[name] = _log1p_cp10k(mu)
+            out[name] = log1p_cp10k(mu)
             if name == "predicted":
                 out["predicted_nb_mean_counts_total"] = mu.sum(1).astype(np.float32)
         else:

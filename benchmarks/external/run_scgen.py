@@ -96,7 +96,6 @@ stimulated CD4T cells removed) on this task:
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -104,7 +103,8 @@ import time
 import warnings
 from importlib.metadata import version
 
-from common import epoch_timer, held_out_response_input, response_parser
+from common import (epoch_timer, held_out_response_input, limit_threads, response_parser,
+                    seed_everything)
 
 
 def parse_args(argv=None):
@@ -124,19 +124,14 @@ MODEL_PARAMS = {"n_hidden": 800, "n_latent": 100, "n_layers": 2, "dropout_rate":
 
 def main(argv=None):
     args = parse_args(argv)
-    n_threads = max(1, int(args.threads))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n_threads)
+    n_threads = limit_threads(args.threads)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # scvi-tools 0.19 imports jax
 
     import numpy as np
     import scipy.sparse as sp
     import torch
 
-    torch.set_num_threads(n_threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed, n_threads)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
