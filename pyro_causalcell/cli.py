@@ -121,6 +121,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="lord only: epochs of stage two, the content encoder fitted to the "
                             "stage-one codes (stage one runs --max-epochs on every cell) "
                             "(default: %(default)s)")
+    group.add_argument("--nuisance-latent", type=non_negative_int, default=0,
+                       help="hsicvae only: width of a second latent block 'z_nuisance' that z "
+                            "is made independent of (default: %(default)s, none)")
     group.add_argument("--sparsity-weight", type=positive_float, default=50.0,
                        help="svae / svae+ only: lambda, the L0 penalty (svae) or the "
                             "Beta(1, lambda) prior on target probabilities (svae+) "
@@ -301,7 +304,8 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
     cls, variant = model_variants()[name]
     options = dict(n_latent=args.n_latent, n_hidden=args.n_hidden, n_layers=args.n_layers,
                    beta=args.beta, likelihood=args.likelihood,
-                   sparsity_weight=args.sparsity_weight, class_key=args.class_key)
+                   sparsity_weight=args.sparsity_weight, class_key=args.class_key,
+                   nuisance_latent=args.nuisance_latent)
     accepted = inspect.signature(cls).parameters
     if "n_latent" not in accepted:  # a block model: --n-latent sizes the block latent() reads
         site = getattr(cls, "default_latent_site", "")  # z_inv, z_shared, z_t

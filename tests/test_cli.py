@@ -460,6 +460,15 @@ def test_fit_shared_private_and_hsic_models(h5ad, tmp_path, name, model_class, m
     assert type(model).__name__ == model_class and model.init_args[main_block] == 3
 
 
+def test_fit_hsicvae_with_a_nuisance_block(h5ad, tmp_path):
+    out = tmp_path / "results"
+    code = main(["fit", "--model", "hsicvae", str(h5ad), "--out", str(out), "--domain-key",
+                 "batch", "--n-latent", "3", "--nuisance-latent", "2", *FAST])
+    assert code == 0
+    assert ad.read_h5ad(out / "cells_hsicvae.h5ad").obsm["X_hsicvae"].shape == (200, 3)
+    assert load(out / "model.pt").init_args["nuisance_latent"] == 2
+
+
 def test_fit_invae_writes_its_invariant_latents(h5ad, tmp_path):
     out = tmp_path / "results"
     code = main(["fit", "--model", "invae", str(h5ad), "--out", str(out), "--domain-key",
