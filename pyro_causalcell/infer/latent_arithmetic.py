@@ -32,7 +32,7 @@ from .. import sites
 from ..data import CellData
 from .counterfactual import _as_data, intervention_tensor
 from .latent import latent
-from .protocol import check_schema, evaluation, model_device, per_cell_latent_sites, seeded
+from .protocol import evaluation, model_device, per_cell_latent_sites, seeded
 
 __all__ = ["latent_arithmetic", "latent_shift"]
 
@@ -148,7 +148,6 @@ def latent_arithmetic(model, data: CellData | ad.AnnData, cells: CellData | ad.A
         raise ValueError(f"output={output!r}; choose one of {sites.OUTPUTS}")
     data, _ = _as_data(model, data)
     cells, obs = _as_data(model, cells)
-    check_schema(model, cells)
     site = site or getattr(model, "default_latent_site", sites.Z)
     delta, groups = latent_shift(model, data, key=key, source=source, target=target,
                                  group_by=group_by, site=site, batch_size=batch_size)

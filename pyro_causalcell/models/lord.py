@@ -153,10 +153,13 @@ class LORD(nn.Module):
                     f"{n_cells} cells: pass the data of stage one")
             return
         if len(self.codes) != n_cells:
-            like = self.decoder.log_inverse_dispersion
-            self.codes = nn.Parameter(0.1 * torch.randn(n_cells, self.n_latent_content,
-                                                        device=like.device, dtype=like.dtype))
-            self.coded = torch.zeros(n_cells, dtype=torch.bool, device=like.device)
+            self._make_codes(0.1 * torch.randn(n_cells, self.n_latent_content))
+
+    def _make_codes(self, initial: torch.Tensor) -> None:
+        """A new code table holding ``initial`` (on the model's device), no cell coded yet."""
+        like = self.decoder.log_inverse_dispersion
+        self.codes = nn.Parameter(initial.to(like))
+        self.coded = torch.zeros(len(initial), dtype=torch.bool, device=like.device)
 
     def start_stage_two(self) -> list[nn.Parameter]:
         """Switch to the amortised content encoder; returns its parameters, the ones to train:
@@ -254,5 +257,4 @@ def _resize_codes(module: LORD, state_dict: dict, prefix: str, *args) -> None:
     """Files hold as many codes as cells were coded: make room before loading them."""
     codes = state_dict.get(prefix + "codes")
     if codes is not None and codes.shape != module.codes.shape:
-        module.codes = nn.Parameter(torch.zeros_like(codes, device=module.codes.device))
-        module.coded = torch.zeros(len(codes), dtype=torch.bool, device=module.codes.device)
+        module._make_codes(torch.zeros(codes.shape))
