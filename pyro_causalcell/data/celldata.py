@@ -13,6 +13,7 @@ import torch
 from .batch import CellBatch
 from .covariates import check_covariate_keys, encode_categories, encode_covariates
 from .schema import COMBINATION_SEPARATOR, CellSchema, perturbation_atoms
+from .on_disk import CountScan, OnDiskCounts, OnDiskMatrix
 from .storage import DenseCounts, SparseCounts
 from .validation import (
     DataValidationError,
@@ -135,33 +136,91 @@ class CellData:
             _check_schema_columns(adata.obs, keys, schema, unknown)
 
         matrix, where = _count_matrix(adata, keys["layer"])
-        genes = [str(g) for g in adata.var_names]
+        return cls._encode(adata.obs, [str(g) for g in adata.var_names], matrix, where, keys,
+                           schema, unknown)
+
+    @classmethod
+    def from_store(cls, path, *, layer: str | None = None, **keys) -> "CellData":
+        """Encode an AnnData file (``.h5ad``, or a ``.zarr`` store) without loading its counts.
+
+        ``obs`` and ``var`` are read; the count matrix stays on disk and minibatches read only
+        their rows (see :mod:`~pyro_causalcell.data.on_disk`): data larger than memory. Store
+        the counts as CSR (AnnData's default for sparse ``X``) or dense, not CSC.
+
+        Parameters
+        ----------
+        path : str or path
+            An ``.h5ad`` file or a zarr directory written by AnnData.
+        layer : str, optional
+            Layer with raw counts (default ``X``); read from disk like ``X``.
+        **keys
+            As :meth:`from_anndata` (``perturbation_key``, ``schema``, ...).
+
+        Raises
+        ------
+        DataValidationError
+            As :meth:`from_anndata`, after one streaming pass over the counts; also a path that
+            is neither.
+        """
+        import anndata
+
+        group = _open_store(path)
+        obs = anndata.io.read_elem(group["obs"])
+        var_names = [str(g) for g in anndata.io.read_elem(group["var"]).index]
+        element, where = group["X"] if "X" in group else None, "adata.X"
+        if layer is not None:
+            layers = group["layers"] if "layers" in group else {}
+            if layer not in layers:
+                raise DataValidationError(
+                    f"layer={layer!r} is not in the layers of {str(path)!r} (layers: "
+                    f"{list(layers.keys())}). Pass an existing layer, or layer=None for X.")
+            element, where = layers[layer], f"adata.layers[{layer!r}]"
+        if element is None:
+            raise DataValidationError(f"{str(path)!r} has no X; name the layer that holds raw "
+                                      "counts with layer=...")
+        return cls.from_anndata(_StoredAnnData(obs, var_names, OnDiskMatrix(element, where)),
+                                layer=layer, **keys)
+
+    @classmethod
+    def _encode(cls, obs, genes: list[str], matrix, where: str, keys: dict,
+                schema: CellSchema | None, unknown: frozenset[str]) -> "CellData":
+        """Encode ``obs`` and a count ``matrix`` (in memory, or an :class:`OnDiskMatrix`)."""
         check_unique_genes(genes)
+        columns = None
         if schema is not None:
-            matrix = _align_genes(matrix, genes, schema, where)
+            columns = _gene_order(genes, schema)
             genes = list(schema.genes)
-        if adata.n_obs == 0 or len(genes) == 0:
-            raise DataValidationError(f"{where} is empty ({adata.n_obs} cells x {len(genes)} "
+        if len(obs) == 0 or len(genes) == 0:
+            raise DataValidationError(f"{where} is empty ({len(obs)} cells x {len(genes)} "
                                       "genes); CellData needs at least one cell and one gene.")
-        if not check_counts(matrix, where):
+        if isinstance(matrix, OnDiskMatrix):
+            scan = matrix.scan(columns)
+        else:
+            if columns is not None:
+                matrix = matrix[:, columns]  # a new array / matrix; the user's data is untouched
+            scan = CountScan(np.asarray(matrix.sum(axis=1)).ravel(), None,
+                             check_counts(matrix, where))
+        if not scan.integer:
             warnings.warn(
                 f"{where} holds non-integer values; the count likelihoods expect raw UMI counts. "
                 "If this is normalised or log-transformed data, pass the raw counts with "
                 "layer=... instead.",
                 NonIntegerCountsWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        cell_totals = np.asarray(matrix.sum(axis=1)).ravel()
+        cell_totals = scan.cell_totals
         empty_cells = np.flatnonzero(cell_totals == 0)
         if empty_cells.size:
-            names = [str(adata.obs_names[i]) for i in empty_cells[:5]]
+            names = [str(obs.index[i]) for i in empty_cells[:5]]
             raise DataValidationError(
                 f"{where} has {empty_cells.size} cells with zero total counts (e.g. {names}); "
                 "their library size is 0. Remove them first, e.g. "
                 "adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()"
             )
         if schema is None:
-            empty_genes = np.flatnonzero(np.asarray(matrix.sum(axis=0)).ravel() == 0)
+            gene_totals = (scan.gene_totals if scan.gene_totals is not None
+                           else np.asarray(matrix.sum(axis=0)).ravel())
+            empty_genes = np.flatnonzero(gene_totals == 0)
             if empty_genes.size:
                 names = [genes[i] for i in empty_genes[:5]]
                 raise DataValidationError(
@@ -170,7 +229,6 @@ class CellData:
                     "adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()"
                 )
 
-        obs = adata.obs
         fields: dict = {}
         perturbations: tuple[str, ...] = ()
         if keys["perturbation_key"] is not None:
@@ -216,13 +274,15 @@ class CellData:
             labels=categories["label"], dose_key=keys["dose_key"],
             library_key=keys["library_key"], covariates=covariates,
         )
-        if sp.issparse(matrix):
+        if isinstance(matrix, OnDiskMatrix):
+            counts = OnDiskCounts(matrix, columns)
+        elif sp.issparse(matrix):
             counts = SparseCounts.from_scipy(matrix)
         else:
             # a copy: the user's array must never share memory with tensors we hand out
             counts = DenseCounts(torch.tensor(np.asarray(matrix, dtype=np.float32)))
         return cls(counts=counts, library=library, schema=new_schema,
-                   obs_names=[str(n) for n in adata.obs_names], **fields)
+                   obs_names=[str(n) for n in obs.index], **fields)
 
     # ------------------------------------------------------------------ access
     @property
@@ -245,7 +305,8 @@ class CellData:
                         domain=move(self.domain), label=move(self.label),
                         covariates={k: v.to(device) for k, v in self.covariates.items()})
 
-    def batch(self, index: torch.Tensor | Sequence[int], n_cells: int | None = None) -> CellBatch:
+    def batch(self, index: torch.Tensor | Sequence[int], n_cells: int | None = None,
+              counts: torch.Tensor | None = None) -> CellBatch:
         """The cells at positions ``index`` as a :class:`CellBatch`.
 
         Parameters
@@ -253,11 +314,14 @@ class CellData:
         index : (batch,) long tensor or sequence of int
         n_cells : int, optional
             Size of the ``"cells"`` plate the batch is drawn from (default: all cells).
+        counts : (batch, n_genes) tensor, optional
+            These cells' counts, already read (a sampler reading blocks from disk).
         """
         index = torch.as_tensor(index, dtype=torch.long, device=self.device)
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
         return CellBatch(
-            counts=self.counts.rows(index), library=pick(self.library), index=index,
+            counts=self.counts.rows(index) if counts is None else counts,
+            library=pick(self.library), index=index,
             n_cells=self.n_cells if n_cells is None else int(n_cells),
             perturbation=pick(self.perturbation), dose=pick(self.dose),
             domain=pick(self.domain), label=pick(self.label),
@@ -345,8 +409,51 @@ def _keys_from_schema(keys: dict, schema: CellSchema) -> dict:
     return merged
 
 
+class _StoredAnnData:
+    """The parts of an AnnData that :meth:`CellData.from_store` reads: obs, var names and the
+    count matrix left on disk."""
+
+    def __init__(self, obs, var_names: list[str], matrix: OnDiskMatrix):
+        self.obs, self.var_names, self.matrix = obs, var_names, matrix
+
+
+def _open_store(path):
+    """The root group of an ``.h5ad`` file (h5py) or a zarr store, opened read-only."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"{str(path)!r} does not exist; pass the path of an .h5ad file "
+                                  "or a .zarr store written by AnnData.")
+    if path.is_dir():
+        try:
+            import zarr
+        except ImportError:
+            raise DataValidationError(
+                f"{str(path)!r} is a directory (a zarr store?) and zarr is not installed; "
+                "install it with pip install 'pyro_causalcell[zarr]'.") from None
+        return zarr.open_group(str(path), mode="r")
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise DataValidationError(f"{str(path)!r} is not an HDF5 (.h5ad) file ({error}); pass an "
+                                  ".h5ad file or a .zarr store written by AnnData.") from None
+
+
 def _count_matrix(adata, layer: str | None):
+    if isinstance(adata, _StoredAnnData):
+        return adata.matrix, adata.matrix.where
     if layer is None:
+        if getattr(adata, "isbacked", False):
+            if adata.is_view:
+                raise DataValidationError(
+                    "adata is a subset (view) of a backed AnnData; its counts cannot be read "
+                    "from the file row by row. Write the subset to its own file first "
+                    "(adata[mask].write_h5ad(path), then anndata.read_h5ad(path, backed='r')), "
+                    "or load it into memory with adata[mask].to_memory().")
+            return OnDiskMatrix(adata.file["X"], "adata.X"), "adata.X"
         if adata.X is None:
             raise DataValidationError("adata.X is None; put raw counts in adata.X or name the "
                                       "layer that holds them with layer=...")
@@ -358,9 +465,10 @@ def _count_matrix(adata, layer: str | None):
     return adata.layers[layer], f"adata.layers[{layer!r}]"
 
 
-def _align_genes(matrix, genes: list[str], schema: CellSchema, where: str):
+def _gene_order(genes: list[str], schema: CellSchema) -> np.ndarray | None:
+    """Which column holds each schema gene (``None``: the genes are the schema's, in order)."""
     if genes == list(schema.genes):
-        return matrix
+        return None
     present = set(genes)
     missing = [g for g in schema.genes if g not in present]
     if missing or len(set(genes)) != len(genes):
@@ -371,8 +479,7 @@ def _align_genes(matrix, genes: list[str], schema: CellSchema, where: str):
             f"{extra[:5]}). Subset and order the data as the model expects: "
             "adata = adata[:, list(schema.genes)].copy()")
     position = {g: i for i, g in enumerate(genes)}
-    order = np.array([position[g] for g in schema.genes])
-    return matrix[:, order]  # a new array / matrix; the user's data is untouched
+    return np.array([position[g] for g in schema.genes])
 
 
 def _encode_perturbations(values: np.ndarray, key: str, control: str | None,

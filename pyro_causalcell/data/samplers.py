@@ -75,14 +75,71 @@ class Sampler(Protocol):
 
 
 class RandomSampler:
-    """Shuffle the training cells and cut them into consecutive batches (each cell once)."""
+    """Shuffle the training cells and cut them into consecutive batches (each cell once).
+
+    Counts on disk (:meth:`CellData.from_store <pyro_causalcell.data.CellData.from_store>`,
+    a backed AnnData) are read in blocks so that disk reads stay sequential: the training cells,
+    in file order, are cut into chunks of ``chunk_size`` consecutive cells; an epoch visits the
+    chunks in random order, ``chunks_per_block`` at a time, reads each block of chunks in one
+    pass and shuffles its cells into batches (the cells left over at a block's end open the
+    next block's first batch). Each cell is still seen once per epoch; a batch mixes cells of
+    ``chunks_per_block`` places in the file. In-memory data is shuffled as a whole.
+
+    Parameters
+    ----------
+    chunk_size : int
+        Consecutive cells per chunk (on-disk data only).
+    chunks_per_block : int
+        Chunks read and shuffled together (on-disk data only); a block holds
+        ``chunk_size * chunks_per_block`` cells in memory.
+    """
+
+    def __init__(self, chunk_size: int = 1024, chunks_per_block: int = 32):
+        if chunk_size < 1 or chunks_per_block < 1:
+            raise ValueError(f"chunk_size and chunks_per_block must be >= 1, got {chunk_size}, "
+                             f"{chunks_per_block}")
+        self.chunk_size, self.chunks_per_block = chunk_size, chunks_per_block
 
     def batches(self, data: CellData, indices: torch.Tensor, batch_size: int,
                 generator: torch.Generator) -> Iterator[CellBatch]:
-        return data.batches(batch_size, indices, shuffle=True, generator=generator)
+        if not getattr(data.counts, "on_disk", False):
+            return data.batches(batch_size, indices, shuffle=True, generator=generator)
+        return self._blockwise(data, indices, batch_size, generator)
+
+    def _blockwise(self, data: CellData, indices: torch.Tensor, batch_size: int,
+                   generator: torch.Generator) -> Iterator[CellBatch]:
+        n = len(indices)
+        chunks = indices.cpu().sort().values.split(self.chunk_size)
+        order = torch.randperm(len(chunks), generator=generator).tolist()
+        carried_index = torch.empty(0, dtype=torch.long)
+        carried_counts = None
+        for first in range(0, len(order), self.chunks_per_block):
+            block = torch.cat([chunks[c] for c in order[first:first + self.chunks_per_block]])
+            block = block[torch.randperm(len(block), generator=generator)]
+            counts = data.counts.load(block)
+            rows = torch.arange(len(block))
+            start = 0
+            if carried_counts is not None:  # complete the batch begun in the last block
+                start = batch_size - len(carried_index)
+                index = torch.cat([carried_index, block[:start]])
+                dense = torch.cat([carried_counts, counts.rows(rows[:start])])
+                carried_counts = None
+                if len(index) < batch_size:  # this block too was smaller than the batch
+                    carried_index, carried_counts = index, dense
+                    continue
+                yield data.batch(index, n_cells=n, counts=dense)
+            for position in range(start, len(block), batch_size):
+                picked = rows[position:position + batch_size]
+                if len(picked) < batch_size:
+                    carried_index, carried_counts = block[picked], counts.rows(picked)
+                    break
+                yield data.batch(block[picked], n_cells=n, counts=counts.rows(picked))
+        if carried_counts is not None:
+            yield data.batch(carried_index, n_cells=n, counts=carried_counts)
 
     def __repr__(self) -> str:
-        return "RandomSampler()"
+        return (f"RandomSampler(chunk_size={self.chunk_size}, "
+                f"chunks_per_block={self.chunks_per_block})")
 
 
 class _GroupedSampler:

@@ -28,6 +28,63 @@ def stored_values(matrix) -> np.ndarray:
     return np.asarray(matrix).ravel()
 
 
+class CountCheck:
+    """Checks on raw counts accumulated over blocks of stored values, so a matrix on disk is
+    validated in one streaming pass with the same errors as one in memory.
+
+    Call :meth:`add` on each block's stored values, then :meth:`result`.
+    """
+
+    def __init__(self):
+        self.dtype = None
+        self.non_finite = self.too_large = self.negative = 0
+        self.integer = True
+
+    def add(self, values: np.ndarray) -> None:
+        """Count the problems of one block of stored values (any shape)."""
+        values = np.asarray(values).ravel()
+        self.dtype = values.dtype
+        if not np.issubdtype(values.dtype, np.number):
+            return
+        if np.issubdtype(values.dtype, np.integer):
+            self.negative += int((values < 0).sum())
+            return
+        finite = np.isfinite(values)
+        self.non_finite += int((~finite).sum())
+        self.too_large += int((np.abs(values[finite]) > FLOAT32_MAX).sum())
+        self.negative += int((values < 0).sum())
+        self.integer = self.integer and bool(np.all(values[finite] == np.round(values[finite])))
+
+    def result(self, where: str) -> bool:
+        """Raise the first problem found; return whether all counts are whole numbers.
+
+        Parameters
+        ----------
+        where : str
+            How the user names this matrix (``"adata.X"``, ``"adata.layers['counts']"``).
+        """
+        if self.dtype is not None and not np.issubdtype(self.dtype, np.number):
+            raise DataValidationError(f"{where} has dtype {self.dtype}; raw counts must be "
+                                      "numeric.")
+        if self.non_finite:
+            raise DataValidationError(
+                f"{where} has {self.non_finite} NaN or infinite entries; counts must be finite. "
+                "Remove or fix those cells/genes, or pass the raw count layer with layer=..."
+            )
+        if self.too_large:
+            raise DataValidationError(
+                f"{where} has {self.too_large} entries above {FLOAT32_MAX:.3g}, the largest "
+                "float32 value; they would become infinite when stored as float32. Raw counts "
+                "are never this large: pass the raw UMI counts (e.g. layer='counts')."
+            )
+        if self.negative:
+            raise DataValidationError(
+                f"{where} has {self.negative} negative entries; counts must be >= 0. "
+                "Pass the raw UMI counts (e.g. layer='counts'), not scaled or centred data."
+            )
+        return self.integer
+
+
 def check_counts(matrix, where: str) -> bool:
     """Reject NaN/inf and negative counts; return whether all counts are whole numbers.
 
@@ -37,35 +94,9 @@ def check_counts(matrix, where: str) -> bool:
     where : str
         How the user names this matrix (``"adata.X"``, ``"adata.layers['counts']"``).
     """
-    values = stored_values(matrix)
-    if not np.issubdtype(values.dtype, np.number):
-        raise DataValidationError(f"{where} has dtype {values.dtype}; raw counts must be numeric.")
-    if np.issubdtype(values.dtype, np.integer):
-        if values.size and values.min() < 0:
-            raise DataValidationError(
-                f"{where} has {(values < 0).sum()} negative entries; counts must be >= 0. "
-                "Pass the raw UMI counts (e.g. layer='counts'), not scaled or centred data."
-            )
-        return True
-    finite = np.isfinite(values)
-    if not finite.all():
-        raise DataValidationError(
-            f"{where} has {(~finite).sum()} NaN or infinite entries; counts must be finite. "
-            "Remove or fix those cells/genes, or pass the raw count layer with layer=..."
-        )
-    too_large = np.abs(values) > FLOAT32_MAX
-    if too_large.any():
-        raise DataValidationError(
-            f"{where} has {too_large.sum()} entries above {FLOAT32_MAX:.3g}, the largest float32 "
-            "value; they would become infinite when stored as float32. Raw counts are never "
-            "this large: pass the raw UMI counts (e.g. layer='counts')."
-        )
-    if values.size and values.min() < 0:
-        raise DataValidationError(
-            f"{where} has {(values < 0).sum()} negative entries; counts must be >= 0. "
-            "Pass the raw UMI counts (e.g. layer='counts'), not scaled or centred data."
-        )
-    return bool(np.all(values == np.round(values)))
+    check = CountCheck()
+    check.add(stored_values(matrix))
+    return check.result(where)
 
 
 def check_unique_genes(genes: list[str]) -> None:

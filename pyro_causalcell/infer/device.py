@@ -32,8 +32,8 @@ def place_data(data: CellData, device: torch.device, max_fraction: float = 0.5) 
     Minibatches are then gathered on the device with no host-device copies. Data that does not
     fit stays where it is and each minibatch is copied over.
     """
-    if data.device == device:
-        return data
+    if data.device == device or getattr(data.counts, "on_disk", False):
+        return data  # counts on disk are read on the host, one minibatch at a time
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if data.counts.nbytes > max_fraction * free:

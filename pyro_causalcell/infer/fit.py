@@ -15,6 +15,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ..data import CellData
+from ..data.prefetch import prefetch
 from ..data.samplers import RandomSampler, Sampler, group_codes, stratified_split
 from ..handlers import block_penalties
 from .checkpoint import read_checkpoint, restore_random_states, write_checkpoint
@@ -86,6 +87,8 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
     elbo = elbo or Trace_ELBO()
     total = 0.0
     model_fn = block_penalties(model.model)
+    if getattr(data.counts, "on_disk", False):
+        index = index.sort().values  # read the file front to back
     with evaluation(model), torch.no_grad(), pyro.validation_enabled(False):
         for batch in data.batches(batch_size, index):
             if device is not None:
@@ -121,7 +124,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         adversaries: Iterable[Adversary] = (),
         penalty_weights: dict[str, Weight] | None = None,
         monitor: Callable | None = None, checkpoint: str | os.PathLike | None = None,
-        checkpoint_every: int = 1) -> TrainingHistory:
+        checkpoint_every: int = 1, prefetch_batches: int | None = None) -> TrainingHistory:
     """Fit a model by minibatch stochastic variational inference.
 
     Parameters
@@ -196,6 +199,10 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         larger ``max_epochs`` continues a finished fit. See
         :mod:`~pyro_causalcell.infer.checkpoint`.
     checkpoint_every : int
+    prefetch_batches : int, optional
+        Minibatches drawn ahead by a background thread while a step runs (default: 2 for
+        counts on disk, 0 -- no thread -- for counts in memory). The batches and the fit are
+        the same either way.
 
     Returns
     -------
@@ -262,6 +269,8 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         seconds_before = history.seconds
         start = time.perf_counter()
         n_train = len(train_index)
+        if prefetch_batches is None:
+            prefetch_batches = 2 if getattr(data.counts, "on_disk", False) else 0
         epochs = range(first_epoch, max_epochs) if not history.stopped_early else range(0)
         bar = tqdm(epochs, initial=first_epoch, total=max_epochs, disable=not progress,
                    desc="fit", unit="epoch")
@@ -283,10 +292,10 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
                     last_good = (copy.deepcopy(model.state_dict()),
                                  copy.deepcopy(step.state_dict()), copy.deepcopy(history))
                     sums = EpochSums()
-                    for number, batch in enumerate(sampler.batches(data, train_index, batch_size,
-                                                                   generator)):
-                        if copy_batches:
-                            batch = batch.to(device)
+                    batches = sampler.batches(data, train_index, batch_size, generator)
+                    if copy_batches:
+                        batches = (batch.to(device) for batch in batches)
+                    for number, batch in enumerate(prefetch(batches, prefetch_batches)):
                         # validate distributions and shapes on the very first step only: costly
                         result = step(batch, validate=epoch == 0 and number == 0)
                         if not math.isfinite(result.loss):
