@@ -33,6 +33,7 @@ the tables (means over the held-out types, and per type).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -151,7 +152,11 @@ def main(argv=None) -> None:
     parser.add_argument("--cpa-epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="auto",
+                        help="where our models train: auto, cpu, cuda (sets "
+                        "$CAUSALCELL_DEVICE, which device='auto' follows)")
     args = parser.parse_args(argv)
+    os.environ["CAUSALCELL_DEVICE"] = args.device
 
     from pyro_causalcell import counterfactual
     from pyro_causalcell.plotting import log_normalise

@@ -201,7 +201,11 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="multiply every data set's epochs (0.1 for a quick check)")
     parser.add_argument("--out", type=Path, default=Path("bench_invae"))
+    parser.add_argument("--device", default="auto",
+                        help="where our models train: auto, cpu, cuda (sets "
+                        "$CAUSALCELL_DEVICE, which device='auto' follows)")
     args = parser.parse_args(argv)
+    os.environ["CAUSALCELL_DEVICE"] = args.device
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []

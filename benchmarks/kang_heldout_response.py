@@ -151,7 +151,11 @@ def main(argv=None) -> None:
                              "the response cell-type specific, which predicted better here)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="folder for table.csv and a figure")
+    parser.add_argument("--device", default="auto",
+                        help="where our models train: auto, cpu, cuda (sets "
+                        "$CAUSALCELL_DEVICE, which device='auto' follows)")
     args = parser.parse_args(argv)
+    os.environ["CAUSALCELL_DEVICE"] = args.device
 
     from pyro_causalcell import CellData, SparseShiftVAE, counterfactual, fit
     from pyro_causalcell.plotting import log_normalise, plot_counterfactual

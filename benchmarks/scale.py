@@ -116,6 +116,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", default=["VAE", "SparseShiftVAE"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table", type=Path, help="also write the results as an RST table")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -137,13 +138,33 @@ def main(argv=None) -> None:
                   f"{r['opened']:>7.1f} {r['epoch']:>8.1f} {n / r['epoch']:>8.0f} "
                   f"{1e6 * r['epoch'] / n:>8.1f} {r['rss']:>11.0f}", flush=True)
     small, large = min(args.sizes), max(args.sizes)
+    summary = []
     for model_name in args.models:
         per_cell = {n: results[model_name, n, False]["epoch"] / n for n in args.sizes}
-        print(f"{model_name}: time per cell {large} / {small} = "
-              f"{per_cell[large] / per_cell[small]:.2f} (target <= 1.15); streamed / in-memory "
-              f"epoch at {small} = {results[model_name, small, False]['epoch'] / results[model_name, small, True]['epoch']:.2f} "  # noqa: E501
-              f"(target <= 1.3); peak RSS at {large} = "
-              f"{results[model_name, large, False]['rss'] / 1024:.2f} GB (target < 4)")
+        streamed = (results[model_name, small, False]["epoch"]
+                    / results[model_name, small, True]["epoch"])
+        summary.append(f"{model_name}: time per cell {large} / {small} = "
+                       f"{per_cell[large] / per_cell[small]:.2f} (target <= 1.15); streamed / "
+                       f"in-memory epoch at {small} = {streamed:.2f} (target <= 1.3); peak RSS "
+                       f"at {large} = {results[model_name, large, False]['rss'] / 1024:.2f} GB "
+                       "(target < 4)")
+        print(summary[-1])
+    if args.table is not None:
+        write_table(args.table, results, summary)
+
+
+def write_table(path: Path, results: dict, summary: list[str]) -> None:
+    """The results as an RST list-table, with the summary lines below it."""
+    rows = ["   * - model\n     - cells\n     - counts\n     - open + validate s\n"
+            "     - epoch s\n     - cells / s\n     - µs / cell\n     - peak RSS MB"]
+    for (model_name, n, in_memory), r in results.items():
+        rows.append(f"   * - {model_name}\n     - {n:,}\n     - "
+                    f"{'in memory' if in_memory else 'on disk'}\n     - {r['opened']:.1f}\n"
+                    f"     - {r['epoch']:.1f}\n     - {n / r['epoch']:,.0f}\n"
+                    f"     - {1e6 * r['epoch'] / n:.1f}\n     - {r['rss']:,.0f}")
+    text = ".. list-table::\n   :header-rows: 1\n\n" + "\n".join(rows) + "\n\n"
+    text += "\n".join(f"- {line}" for line in summary) + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":

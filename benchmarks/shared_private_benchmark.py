@@ -116,7 +116,11 @@ def main(argv=None) -> None:
     parser.add_argument("--kang-epochs", type=int, default=100)
     parser.add_argument("--pbmc-epochs", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("bench_shared_private"))
+    parser.add_argument("--device", default="auto",
+                        help="where our models train: auto, cpu, cuda (sets "
+                        "$CAUSALCELL_DEVICE, which device='auto' follows)")
     args = parser.parse_args(argv)
+    os.environ["CAUSALCELL_DEVICE"] = args.device
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     kang_table, top = kang(args.seed, args.kang_epochs)

@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, required=True, help="output folder")
     keys = fit.add_argument_group("data keys (adata.obs columns)")
     keys.add_argument("--layer", help="layer with raw counts (default: X)")
+    keys.add_argument("--on-disk", action="store_true",
+                      help="leave the counts in DATA.h5ad and read each minibatch's rows from "
+                      "it (data larger than memory; counts in X, stored as CSR or dense); the "
+                      "result .h5ad then holds obs, var and the latents, not the counts")
     keys.add_argument("--perturbation-key", help="column with perturbations ('A+B' = both)")
     keys.add_argument("--control", help="value of --perturbation-key for control cells")
     keys.add_argument("--domain-key", help="column with technical domains (batch, donor)")
@@ -346,7 +350,10 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
     fig.savefig(out / "latent.png", dpi=120)
     plt.close(fig)
 
-    result = adata.copy()
+    if getattr(adata, "isbacked", False):  # the counts stay in the input file
+        result = type(adata)(obs=adata.obs.copy(), var=adata.var.copy())
+    else:
+        result = adata.copy()
     result.obsm[f"X_{name}"] = z
     result.uns[f"{name}_history"] = history.to_dataframe().to_dict(orient="list")
     result.write_h5ad(out / f"{args.output_name}.h5ad")
@@ -378,8 +385,9 @@ def run_demo(args, out: Path) -> dict:
     return result.metrics
 
 
-def read_h5ad(path: Path):
-    """The AnnData at ``path``; a :class:`CommandLineError` naming the file if it is not one."""
+def read_h5ad(path: Path, backed: bool = False):
+    """The AnnData at ``path`` (``backed``: its X left on disk); a :class:`CommandLineError`
+    naming the file if it is not one."""
     import anndata as ad
 
     if not path.exists():
@@ -387,7 +395,7 @@ def read_h5ad(path: Path):
     if path.is_dir():
         raise CommandLineError(f"{path} is a directory; pass the path of an .h5ad file")
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as error:  # h5py / anndata raise many types for a file that is not h5ad
         raise CommandLineError(f"{path} cannot be read as an AnnData .h5ad file "
                                f"({type(error).__name__}: {str(error)[:200]}); pass an .h5ad "
@@ -400,7 +408,10 @@ def run_fit(args, out: Path) -> dict:
     if args.out.resolve() in args.data.resolve().parents:
         raise CommandLineError(f"{args.data} lies inside --out {args.out}, which this run would "
                                "replace; write the outputs to another folder")
-    adata = read_h5ad(args.data)
+    if args.on_disk and args.layer is not None:
+        raise CommandLineError("--on-disk reads the counts from X; drop --layer, or write the "
+                               "raw counts to X")
+    adata = read_h5ad(args.data, backed=args.on_disk)
     data = CellData.from_anndata(
         adata, layer=args.layer, perturbation_key=args.perturbation_key, control=args.control,
         domain_key=args.domain_key, label_key=args.label_key, dose_key=args.dose_key,

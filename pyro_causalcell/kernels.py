@@ -63,19 +63,30 @@ def normalized_hsic(kernel_x: torch.Tensor, kernel_y: torch.Tensor,
         hsic(kernel_x, kernel_x) * hsic(kernel_y, kernel_y) + eps)
 
 
-def grouped_hsic(kernel_a: torch.Tensor, kernel_b: torch.Tensor,
-                 groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_hsic(kernel_a: torch.Tensor, kernel_b: torch.Tensor, groups: torch.Tensor,
+                 n_groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""HSIC of the kernels restricted to each group's rows and columns, all groups at once:
     each kernel centred within the groups (:math:`H_g K H_g` on each diagonal block, zero off
     them), then :math:`\sum_{i,j \in g} 	ilde K_{ij} 	ilde L_{ij} / n_g^2` (0 for groups of
     one). Centring by subtraction keeps a constant kernel exactly zero.
 
+    Parameters
+    ----------
+    kernel_a, kernel_b : (n, n) tensor
+    groups : (n,) long tensor
+    n_groups : int, optional
+        With it, ``groups`` are codes in ``[0, n_groups)`` and nothing is read on the host (a
+        training step on a GPU); groups with no cell get HSIC 0 and size 0.
+
     Returns
     -------
     (G,) tensor, (G,) tensor
-        Each group's HSIC and size, groups in the order of ``torch.unique(groups)``.
+        Each group's HSIC and size, groups in the order of ``torch.unique(groups)`` (or of
+        the codes ``0..n_groups-1``).
     """
-    members = F.one_hot(torch.unique(groups, return_inverse=True)[1]).to(kernel_a.dtype)
+    if n_groups is None:
+        groups = torch.unique(groups, return_inverse=True)[1]
+    members = F.one_hot(groups, -1 if n_groups is None else n_groups).to(kernel_a.dtype)
     sizes = members.sum(0)
     same_group = members @ members.T
     size_of = members @ sizes  # each cell's group size

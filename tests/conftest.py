@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from types import SimpleNamespace
 
 import anndata as ad
@@ -10,6 +12,7 @@ import pandas as pd
 import pyro
 import pytest
 import scipy.sparse as sp
+import torch
 
 N_CELLS = 12
 GENES = ["Gm5", "Actb", "Cd3e", "Xist", "Mki67", "Zfp1"]  # deliberately not sorted
@@ -156,3 +159,30 @@ def unseen_pair():
                                true_lfc=true_lfc, lfc=log_fold_change)
 
     return simulate
+
+
+@pytest.fixture(autouse=True, scope="session")
+def engines_on_the_chosen_device():
+    """``CAUSALCELL_DEVICE=cuda python -m pytest`` runs every engine (fit, latent, queries ...)
+    on that device, including those a test asks to run on the CPU, as Pyro's ``--cuda`` test
+    switch does. Unset: nothing changes."""
+    chosen = os.environ.get("CAUSALCELL_DEVICE", "").strip()
+    if not chosen or chosen in ("auto", "cpu"):
+        yield
+        return
+    from pyro_causalcell.infer import device as device_module
+
+    resolve = device_module.resolve_device
+    target = resolve(chosen)  # fails here, naming the device, if it does not exist
+
+    def on_chosen_device(device="auto"):
+        resolved = resolve(device)
+        return target if resolved.type == "cpu" else resolved
+
+    patched = [(module, module.resolve_device) for name, module in list(sys.modules.items())
+               if name.startswith("pyro_causalcell") and hasattr(module, "resolve_device")]
+    for module, _ in patched:
+        module.resolve_device = on_chosen_device
+    yield
+    for module, original in patched:
+        module.resolve_device = original

@@ -157,6 +157,26 @@ def test_fit_writes_latents_and_leaves_the_input_file_alone(h5ad, tmp_path, caps
     assert capsys.readouterr().err == ""
 
 
+def test_fit_on_disk_reads_counts_from_the_file_and_matches_in_memory(h5ad, tmp_path, capsys):
+    before = digest(h5ad)
+    runs = {}
+    for name, extra in (("memory", []), ("disk", ["--on-disk"])):
+        out = tmp_path / name
+        code = main(["fit", "--model", "vae", str(h5ad), "--out", str(out), "--domain-key",
+                     "batch", "--n-latent", "3",
+                     *FAST, *extra])
+        assert code == 0, capsys.readouterr().err
+        runs[name] = ad.read_h5ad(out / "cells_vae.h5ad")
+    assert digest(h5ad) == before
+    assert runs["disk"].X is None  # the counts stay in the input file
+    pd.testing.assert_frame_equal(runs["disk"].obs, runs["memory"].obs)
+    assert runs["disk"].obsm["X_vae"].shape == (200, 3)
+    assert np.isfinite(runs["disk"].obsm["X_vae"]).all()
+    assert main(["fit", "--model", "vae", str(h5ad), "--out", str(tmp_path / "x"),
+                 "--on-disk", "--layer", "counts", *FAST]) == 2
+    assert "--on-disk reads the counts from X" in capsys.readouterr().err
+
+
 def test_fit_into_the_folder_of_its_input_is_refused(h5ad, capsys):
     """The input's folder is not empty and holds files causalcell did not write."""
     before = digest(h5ad)

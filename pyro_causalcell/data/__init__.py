@@ -2,11 +2,12 @@
 
 from .batch import CellBatch
 from .celldata import CellData
+from .on_disk import OnDiskCounts
 from .samplers import BalancedSampler, RandomSampler, Sampler, WithinGroupSampler
 from .schema import CellSchema, Covariate
 from .storage import DenseCounts, SparseCounts
 from .validation import DataValidationError, NonIntegerCountsWarning
 
-__all__ = ["CellBatch", "CellData", "CellSchema", "DenseCounts", "SparseCounts",
+__all__ = ["CellBatch", "CellData", "CellSchema", "DenseCounts", "SparseCounts", "OnDiskCounts",
            "DataValidationError", "NonIntegerCountsWarning", "Covariate", "Sampler",
            "RandomSampler", "BalancedSampler", "WithinGroupSampler"]

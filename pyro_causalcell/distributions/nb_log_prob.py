@@ -26,6 +26,9 @@ from __future__ import annotations
 import torch
 
 TABLE_SIZE = 32  # counts 0..TABLE_SIZE are looked up; larger ones computed exactly
+#: devices that use the tables. Finding the counts above the table reads them on the host, which
+#: would stall a GPU's queue at every step; there ``lgamma`` is cheap and the direct formula runs.
+TABLE_DEVICES = ("cpu",)
 
 
 def _integer_index(value: torch.Tensor):
@@ -53,7 +56,7 @@ def _tables(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fast_path(value: torch.Tensor, log_mean: torch.Tensor, theta: torch.Tensor) -> bool:
-    return (theta.dim() == 1 and value.dim() == 2 and value.shape == log_mean.shape
+    return (value.device.type in TABLE_DEVICES and theta.dim() == 1 and value.dim() == 2 and value.shape == log_mean.shape
             and value.shape[-1] == theta.shape[0])
 
 

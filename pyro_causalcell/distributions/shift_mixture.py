@@ -20,12 +20,16 @@ import pyro.distributions as dist
 import torch
 
 
-def active_perturbations(perturbation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def active_perturbations(perturbation: torch.Tensor, n_max: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of each cell's perturbations, padded to the largest count in the batch.
 
     Parameters
     ----------
     perturbation : (cells, P) multi-hot tensor
+    n_max : int, optional
+        A known bound on the perturbations per cell (e.g. the training data's), so the batch's
+        own largest count need not be read on the host; more than needed only pads.
 
     Returns
     -------
@@ -33,13 +37,16 @@ def active_perturbations(perturbation: torch.Tensor) -> tuple[torch.Tensor, torc
     active : (cells, M) float tensor
         1 where ``index`` names one of the cell's perturbations, 0 for padding.
     """
-    n_max = max(int(perturbation.sum(-1).max().item()), 1) if perturbation.numel() else 1
+    if n_max is None:
+        n_max = int(perturbation.sum(-1).max().item()) if perturbation.numel() else 1
+    n_max = min(max(n_max, 1), perturbation.shape[-1])
     active, index = perturbation.topk(n_max, dim=-1)
     return index, (active > 0.5).to(perturbation.dtype)
 
 
 def shift_mixture(perturbation: torch.Tensor, shift: torch.Tensor,
-                  probability: torch.Tensor) -> dist.MixtureSameFamily:
+                  probability: torch.Tensor, n_max: int | None = None
+                  ) -> dist.MixtureSameFamily:
     """Per-coordinate mixture law of the latents of perturbed cells.
 
     Parameters
@@ -49,13 +56,15 @@ def shift_mixture(perturbation: torch.Tensor, shift: torch.Tensor,
         :math:`\\delta`.
     probability : (P, K) tensor in [0, 1]
         :math:`\\pi`: probability that a perturbation targets a latent in a cell.
+    n_max : int, optional
+        Bound on the perturbations per cell (see :func:`active_perturbations`).
 
     Returns
     -------
     MixtureSameFamily with batch shape ``(cells, K)``
         Control cells (no perturbation) get the single component ``Normal(0, 1)``.
     """
-    index, active = active_perturbations(perturbation)  # (cells, M)
+    index, active = active_perturbations(perturbation, n_max)  # (cells, M)
     cell_shift = shift[index]  # (cells, M, K)
     cell_probability = probability[index] * active.unsqueeze(-1)
     subsets = torch.tensor(list(itertools.product((0.0, 1.0), repeat=index.shape[-1])),

@@ -6,6 +6,7 @@ from .counterfactual import (check_intervention_tensor, counterfactual, interven
                              interventional)
 from .covariate_posterior import covariate_posterior
 from .device import resolve_device
+from .elbo import DeviceTraceELBO
 from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
 from .latent import latent
@@ -23,4 +24,4 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "ModelSchemaMismatchError", "ModelFileError", "CheckpointMismatchError",
            "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
            "LatentClassifier", "train_classifier", "covariate_posterior", "latent_arithmetic",
-           "latent_shift"]
+           "latent_shift", "DeviceTraceELBO"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..data import CellData
@@ -11,9 +13,17 @@ class DeviceUnavailableError(RuntimeError):
     """The requested device does not exist on this machine."""
 
 
+#: environment variable naming the device ``"auto"`` stands for (e.g. ``cuda:1``)
+DEVICE_VARIABLE = "CAUSALCELL_DEVICE"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    """``"auto"`` -> the device named by ``$CAUSALCELL_DEVICE`` if set, else CUDA when
+    available, else CPU; otherwise ``torch.device(device)``."""
     if isinstance(device, str) and device == "auto":
+        chosen = os.environ.get(DEVICE_VARIABLE, "").strip()
+        if chosen and chosen != "auto":
+            return resolve_device(chosen)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data import CellBatch
 from ..handlers import PenaltyMessenger, scale_latents
+from .distributed import SingleProcess
 
 __all__ = ["Adversary", "TrainingStep", "StepResult", "warmup", "make_adam",
            "only_training"]
@@ -125,8 +126,8 @@ class StepResult:
     """The negative objective that was minimised (ELBO and weighted penalties)."""
     penalties: dict[str, torch.Tensor] = field(default_factory=dict)
     """Each factor's contribution to the log joint (negative for a penalty), detached."""
-    adversaries: dict[str, float] = field(default_factory=dict)
-    """Each adversary's last loss in this step."""
+    adversaries: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Each adversary's last loss in this step, detached (read once per epoch)."""
 
     @property
     def elbo(self) -> float:
@@ -148,13 +149,18 @@ class TrainingStep:
     adversaries : iterable of Adversary
     penalty_weights : dict of str -> float or callable(epoch)
         Weight of each named ``pyro.factor`` site.
+    parallel : SingleProcess or DataParallel, optional
+        Across processes (:mod:`~pyro_causalcell.infer.distributed`), the objective runs under
+        DistributedDataParallel and the adversaries' gradients are averaged.
     """
 
     def __init__(self, model, *, elbo: ELBO, lr: float, weight_decay: float = 0.0,
                  adam_eps: float = 0.01, parameters: Iterable[nn.Parameter] | None = None,
                  adversaries: Iterable[Adversary] = (),
-                 penalty_weights: dict[str, Weight] | None = None):
+                 penalty_weights: dict[str, Weight] | None = None, parallel=None):
         self.model, self.elbo = model, elbo
+        self.parallel = parallel or SingleProcess()
+        self.objective = self.parallel.wrap(_Objective(model, elbo))
         self.adversaries = list(adversaries)
         names = [a.name for a in self.adversaries]
         if len(set(names)) != len(names):
@@ -193,7 +199,7 @@ class TrainingStep:
         """
         model_fn = self.penalties(self._model_fn) if self._record else self._model_fn
         with pyro.validation_enabled(validate):
-            loss = self.elbo.differentiable_loss(model_fn, self._guide_fn, batch)
+            loss = self.objective(batch, model_fn, self._guide_fn)
         value = loss.item()
         result = StepResult(value, dict(self.penalties.values) if self._record else {})
         if self._record and not result.penalties and not self.penalty_weights:
@@ -211,8 +217,9 @@ class TrainingStep:
                 adversary_loss = adversary.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 adversary_loss.backward()
+                self.parallel.average_gradients(adversary.module.parameters())
                 optimizer.step()
-            result.adversaries[adversary.name] = adversary_loss.item()
+            result.adversaries[adversary.name] = adversary_loss.detach()
         return result
 
     def state_dict(self) -> dict:
@@ -228,6 +235,17 @@ class TrainingStep:
             module_state, optimizer_state = state["adversaries"][adversary.name]
             adversary.module.load_state_dict(module_state)
             self.adversary_optimizers[adversary.name].load_state_dict(optimizer_state)
+
+
+class _Objective(nn.Module):
+    """The negative ELBO as a module's ``forward``, the form DistributedDataParallel wraps."""
+
+    def __init__(self, model: nn.Module, elbo: ELBO):
+        super().__init__()
+        self.model, self.elbo = model, elbo
+
+    def forward(self, batch: CellBatch, model_fn, guide_fn) -> torch.Tensor:
+        return self.elbo.differentiable_loss(model_fn, guide_fn, batch)
 
 
 def _weighted(fn, weight: float):

@@ -130,9 +130,7 @@ class InteractionPrior(nn.Module):
         """Move each treatment's covariate mean towards this minibatch's (treated cells only)."""
         weights = t.abs()                                           # (batch, n_treatments)
         totals = weights.sum(0)
-        given = totals > 0
-        if not bool(given.any()):
-            return
+        given = totals > 0  # treatments absent from the batch keep their means
         batch_means = (weights.T @ x) / totals.clamp(min=1e-12).unsqueeze(-1)
         updated = torch.lerp(self.covariate_means, batch_means, self.momentum)
         self.covariate_means.copy_(torch.where(given.unsqueeze(-1), updated,

@@ -64,7 +64,8 @@ def block_total_correlation(samples: Sequence[torch.Tensor], locs: Sequence[torc
 
 
 def conditional_hsic(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
-                     bandwidth: float | None = None) -> torch.Tensor:
+                     bandwidth: float | None = None, n_groups: int | None = None
+                     ) -> torch.Tensor:
     """Normalised HSIC (:func:`~pyro_causalcell.kernels.normalized_hsic`) of ``x`` and ``y``
     within each group, averaged with the groups' sizes as weights; all groups at once.
 
@@ -77,6 +78,10 @@ def conditional_hsic(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
         E.g. one-hot domains (linear kernel :math:`y y^\\top`, a delta kernel for one-hot rows).
     groups : (n,) long tensor
         The conditioning covariate's categories.
+    bandwidth : float, optional
+    n_groups : int, optional
+        The number of possible ``groups`` codes, when known: no host read (see
+        :func:`~pyro_causalcell.kernels.grouped_hsic`).
 
     Returns
     -------
@@ -84,7 +89,7 @@ def conditional_hsic(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
     """
     bandwidth = math.sqrt(x.shape[-1]) if bandwidth is None else bandwidth
     kernel_x, kernel_y = gaussian_kernel(x, bandwidth), y @ y.T
-    both, sizes = grouped_hsic(kernel_x, kernel_y, groups)
-    normaliser = torch.sqrt(grouped_hsic(kernel_x, kernel_x, groups)[0]
-                            * grouped_hsic(kernel_y, kernel_y, groups)[0] + 1e-8)
+    both, sizes = grouped_hsic(kernel_x, kernel_y, groups, n_groups)
+    normaliser = torch.sqrt(grouped_hsic(kernel_x, kernel_x, groups, n_groups)[0]
+                            * grouped_hsic(kernel_y, kernel_y, groups, n_groups)[0] + 1e-8)
     return (sizes * both / normaliser).sum() / x.shape[0]

@@ -231,10 +231,12 @@ class InVAE(nn.Module):
         """Factor ``"conditional_invariance"``: minus ``invariance_weight`` x cells x the HSIC
         of ``z_inv`` and the spurious covariates within groups of the invariant ones."""
         groups = torch.zeros_like(batch.library, dtype=torch.long)
+        n_groups = 1
         for name in self._conditioning:  # one code per combination of categories
             groups = groups * len(self.schema.categories_of(name)) + values[name]
+            n_groups *= len(self.schema.categories_of(name))
         dependence = conditional_hsic(z_inv, features(values, self.spurious, self.schema),
-                                      groups)
+                                      groups, n_groups=n_groups)
         pyro.factor(CONDITIONAL_INVARIANCE, -self.invariance_weight * batch.n_cells * dependence)
 
     def default_sampler(self, data: CellData, batch_size: int) -> BalancedSampler | None:

@@ -119,6 +119,7 @@ class LORD(nn.Module):
         self.codes = nn.Parameter(torch.zeros(0, n_latent_content))
         self.register_buffer("coded", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("amortised", torch.tensor(False))
+        self._stage = 1  # the buffer's value, kept on the host so steps never read the device
         self.pyro_name = f"lord_{uuid.uuid4().hex[:8]}"
         self._register_load_state_dict_pre_hook(_resize_codes, with_module=True)
 
@@ -126,7 +127,7 @@ class LORD(nn.Module):
     @property
     def stage(self) -> int:
         """1 while the content codes are optimised, 2 once the encoder gives the content."""
-        return 2 if bool(self.amortised) else 1
+        return self._stage
 
     def prepare_fit(self, data: CellData, train_index: torch.Tensor) -> None:
         """Called by :func:`~pyro_causalcell.fit` before training: stage one makes one code per
@@ -174,6 +175,7 @@ class LORD(nn.Module):
             raise RuntimeError("stage one has not been fitted: fit(model, data) first, then "
                                "fit(model, data, parameters=model.start_stage_two())")
         self.amortised.fill_(True)
+        self._stage = 2
         return list(self.content_encoder.parameters())
 
     # ------------------------------------------------------------------ pieces
@@ -258,3 +260,6 @@ def _resize_codes(module: LORD, state_dict: dict, prefix: str, *args) -> None:
     codes = state_dict.get(prefix + "codes")
     if codes is not None and codes.shape != module.codes.shape:
         module._make_codes(torch.zeros(codes.shape))
+    amortised = state_dict.get(prefix + "amortised")
+    if amortised is not None:
+        module._stage = 2 if bool(amortised) else 1

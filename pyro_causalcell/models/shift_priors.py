@@ -43,6 +43,8 @@ class DenseShifts(nn.Module):
     has_targets = False
     #: initial value of each table: shifts at 0 with a small guide scale
     initial = {"shift_loc": 0.0, "shift_raw_scale": -3.0}
+    #: the most perturbations a training cell carries (set by ``prepare_fit``; None: unknown)
+    max_active: int | None = None
 
     def __init__(self, n_perturbations: int, n_latent: int, shift_prior_scale: float = 10.0):
         super().__init__()
@@ -131,5 +133,8 @@ class SparseShifts(DenseShifts):
         pyro.sample("target_probability", self.target_posterior().to_event(1))
 
     def mechanism(self, perturbation: torch.Tensor, globals_: dict) -> dist.Distribution:
-        return shift_mixture(perturbation, globals_["shift"],
-                             globals_["probability"]).to_event(1)
+        # in training, the bound noted by prepare_fit spares a host read of the batch's largest
+        # combination; queries may ask for larger combinations than training had
+        bound = self.max_active if self.training else None
+        return shift_mixture(perturbation, globals_["shift"], globals_["probability"],
+                             bound).to_event(1)

@@ -125,6 +125,13 @@ class SparseShiftVAE(VAE):
         if self.shifts is not None:
             self.shifts.add(len(self.schema.perturbations) - self.shifts.shift_loc.shape[0])
 
+    def prepare_fit(self, data, train_index: torch.Tensor) -> None:
+        """Note the most perturbations any training cell carries: the mixture's size in every
+        training step, known without reading each batch on the host."""
+        if self.shifts is not None and data.perturbation is not None:
+            counts = data.perturbation.index_select(0, train_index.to(data.device)).sum(-1)
+            self.shifts.max_active = int(counts.max()) if len(counts) else 1
+
     @property
     def has_targets(self) -> bool:
         """Whether target probabilities are learned (sVAE, sVAE+)."""

@@ -95,3 +95,18 @@ def test_a_user_model_written_with_the_constants_is_classified_like_ours(screen)
 
     trace = poutine.trace(model).get_trace(screen.batch(torch.arange(4)))
     assert per_cell_latent_sites(trace) == ["z_inv"] and observed_sites(trace) == ["counts"]
+
+
+def test_auto_device_follows_the_environment_variable(monkeypatch):
+    from pyro_causalcell.infer.device import DeviceUnavailableError, resolve_device
+
+    monkeypatch.setenv("CAUSALCELL_DEVICE", "cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("CAUSALCELL_DEVICE", "tpu-ish")
+    with pytest.raises(DeviceUnavailableError, match="'tpu-ish' is not a device torch knows"):
+        resolve_device("auto")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("CAUSALCELL_DEVICE", "cuda")
+        with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+            resolve_device("auto")
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit choice wins
