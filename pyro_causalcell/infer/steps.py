@@ -214,7 +214,8 @@ class TrainingStep:
                 continue
             optimizer = self.adversary_optimizers[adversary.name]
             for _ in range(adversary.steps):
-                adversary_loss = adversary.loss(batch)
+                with pyro.validation_enabled(validate):  # as the ELBO: checks on step one only
+                    adversary_loss = adversary.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 adversary_loss.backward()
                 self.parallel.average_gradients(adversary.module.parameters())

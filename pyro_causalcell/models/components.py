@@ -210,6 +210,30 @@ def features(values: dict[str, torch.Tensor], names: Sequence[str],
     return torch.cat(columns, -1) if columns else None
 
 
+def category_codes(values: dict[str, torch.Tensor], names: Sequence[str],
+                   schema: CellSchema) -> tuple[torch.Tensor, int]:
+    """One ``(batch,)`` code per combination of the categorical covariates ``names`` (mixed
+    radix of their category indices) and the number of possible codes: groups of cells known
+    without reading the batch on the host."""
+    codes = None
+    n_groups = 1
+    for name in names:
+        n_categories = len(schema.categories_of(name))
+        value = values[name].long()
+        codes = value if codes is None else codes * n_categories + value
+        n_groups *= n_categories
+    if codes is None:
+        raise ValueError("category_codes needs at least one categorical covariate")
+    return codes, n_groups
+
+
+def row_table_codes(rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` index of each row of ``rows`` in ``table`` (``(n, width)`` distinct rows,
+    e.g. the treatments seen in training); 0 for a row not in the table. No host read."""
+    matches = (rows.unsqueeze(1) == table.unsqueeze(0)).all(-1)
+    return matches.to(torch.get_default_dtype()).argmax(-1)
+
+
 def feature_width(names: Sequence[str], schema: CellSchema) -> int:
     """Width of :func:`features` for ``names``."""
     def width(name: str) -> int:

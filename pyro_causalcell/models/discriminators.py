@@ -23,7 +23,8 @@ __all__ = ["within_group_permutation", "PermutationDiscriminator"]
 
 
 def within_group_permutation(groups: torch.Tensor,
-                             generator: torch.Generator | None = None) -> torch.Tensor:
+                             generator: torch.Generator | None = None,
+                             n_groups: int | None = None) -> torch.Tensor:
     """A random permutation of the cells that maps every cell to another of its group.
 
     Cells are put in random order within their group and each takes its successor's place
@@ -34,6 +35,9 @@ def within_group_permutation(groups: torch.Tensor,
     groups : (batch,) long tensor
         Group index of each cell.
     generator : torch.Generator, optional
+    n_groups : int, optional
+        The number of possible group codes (``groups < n_groups``): then nothing is read on the
+        host. The permutation is the same either way.
 
     Returns
     -------
@@ -44,9 +48,13 @@ def within_group_permutation(groups: torch.Tensor,
     n = len(groups)
     noise = torch.rand(n, generator=generator, dtype=torch.float64).to(groups.device)
     order = torch.argsort(groups.to(torch.float64) + 0.5 * noise)
-    _, counts = torch.unique_consecutive(groups[order], return_counts=True)
-    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    lengths = torch.repeat_interleave(counts, counts)
+    if n_groups is None:
+        groups = torch.unique(groups, return_inverse=True)[1]
+        n_groups = int(groups.max()) + 1 if n else 1
+    sizes = F.one_hot(groups, n_groups).sum(0)            # (n_groups,)
+    sorted_groups = groups[order]
+    starts = (torch.cumsum(sizes, 0) - sizes)[sorted_groups]
+    lengths = sizes[sorted_groups]
     successor = starts + (torch.arange(n, device=groups.device) - starts + 1) % lengths
     index = torch.empty_like(order)
     index[order] = order[successor]
@@ -93,12 +101,14 @@ class PermutationDiscriminator(nn.Module):
         scalar tensor
             0 when no cell has a partner.
         """
-        paired = index != torch.arange(len(index), device=index.device)
-        if not bool(paired.any()):
-            return a.new_zeros(())
-        real = self(a[paired], b[paired], group_features[paired])
-        permuted = self(a[paired], b[index][paired], group_features[paired])
+        # every cell is scored, those without a partner with weight 0: no boolean masks, so
+        # nothing is read on the host
+        paired = (index != torch.arange(len(index), device=index.device)).to(a.dtype)
+        real = self(a, b, group_features)
+        permuted = self(a, b[index], group_features)
         real_label, permuted_label = (0.0, 1.0) if fool else (1.0, 0.0)
-        return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.full_like(real, real_label))
-                      + F.binary_cross_entropy_with_logits(
-                          permuted, torch.full_like(permuted, permuted_label)))
+        per_cell = (F.binary_cross_entropy_with_logits(real, torch.full_like(real, real_label),
+                                                       reduction="none")
+                    + F.binary_cross_entropy_with_logits(
+                        permuted, torch.full_like(permuted, permuted_label), reduction="none"))
+        return 0.5 * (per_cell * paired).sum() / paired.sum().clamp(min=1.0)

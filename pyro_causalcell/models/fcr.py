@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import pyro
 import torch
@@ -48,8 +49,9 @@ from ..data.samplers import group_codes
 from ..infer.steps import Adversary
 from ..nn import MLP, CountDecoder
 from .blocks import ConditionalNormalPrior, InteractionPrior, LatentBlock
-from .components import (cells_plate, check_known_covariates, covariate_values, emit_counts,
-                         feature_width, features, observe_all, one_hot)
+from .components import (category_codes, cells_plate, check_known_covariates,
+                         covariate_values, emit_counts, feature_width, features, observe_all,
+                         one_hot, row_table_codes)
 from .dependence import conditional_hsic
 from .discriminators import PermutationDiscriminator, within_group_permutation
 from .registry import register_model
@@ -69,6 +71,28 @@ CONDITIONAL_INDEPENDENCE = "conditional_independence"
 def row_codes(rows: torch.Tensor) -> torch.Tensor:
     """``(batch,)`` long index of each row's distinct value in a ``(batch, width)`` tensor."""
     return torch.unique(rows, dim=0, return_inverse=True)[1]
+
+
+class GroupCodes(NamedTuple):
+    """The groups of a minibatch's cells that FCR's regularisers condition on.
+
+    ``treatment`` / ``covariate``: ``(batch,)`` codes below ``n_treatments`` / ``n_covariates``
+    (``covariate`` is None without categorical covariates); ``control``: the treatment code
+    of control cells, or None when there are none.
+    """
+
+    treatment: torch.Tensor
+    n_treatments: int
+    covariate: torch.Tensor | None
+    n_covariates: int
+    control: int | None
+
+    def pairs(self) -> tuple[torch.Tensor, int]:
+        """``(batch,)`` codes of the (covariate, treatment) groups and their number."""
+        if self.covariate is None:
+            return self.treatment, self.n_treatments
+        return (self.covariate * self.n_treatments + self.treatment,
+                self.n_covariates * self.n_treatments)
 
 
 @register_model
@@ -180,6 +204,9 @@ class FCR(nn.Module):
         self.discriminators = nn.ModuleDict({
             "x": PermutationDiscriminator(n_latent_x, n_latent_tx, n_groups),
             "t": PermutationDiscriminator(n_latent_t, n_latent_tx, n_groups)})
+        #: distinct treatment rows of the training cells (``prepare_fit``): training steps code
+        #: a batch's treatments against it without reading the batch on the host
+        self.register_buffer("treatment_table", None, persistent=False)
         self.pyro_name = f"fcr_{uuid.uuid4().hex[:8]}"
 
     # ------------------------------------------------------------------ features
@@ -216,14 +243,15 @@ class FCR(nn.Module):
                 self._structure_terms(values, z_x, z_t, z_tx)
             expression = emit_counts(self.decoder, torch.cat([z_x, z_t, z_tx], -1), batch,
                                      None, values.get(sites.DOMAIN))
+        if self.independence_weight > 0 or self.discriminator_weight > 0:
+            groups = self._groups(values, t)
         if self.independence_weight > 0:
-            t_codes = row_codes(t)
-            dependence = (self._conditional_dependence(x_groups, t_codes, z_x, z_t)
-                          + self._interaction_main_effect(t, t_codes, z_tx))
+            dependence = (self._conditional_dependence(groups, z_x, z_t)
+                          + self._interaction_main_effect(groups, z_tx))
             pyro.factor(CONDITIONAL_INDEPENDENCE,
                         -self.independence_weight * batch.n_cells * dependence)
         if self.discriminator_weight > 0:
-            fooled = self._discriminator_loss(z_x, z_t, z_tx, x_groups, t, fool=True)
+            fooled = self._discriminator_loss(z_x, z_t, z_tx, x_groups, t, groups, fool=True)
             pyro.factor(PERMUTATION_DISCRIMINATORS,
                         -self.discriminator_weight * batch.n_cells * fooled)
         return expression
@@ -270,39 +298,70 @@ class FCR(nn.Module):
         penalty = shift.pow(2).sum(-1) + prior.embedding_spread() / batch.n_cells
         pyro.factor(INTERACTION_SHRINKAGE, -0.5 * self.interaction_shrinkage * penalty)
 
-    def _conditional_dependence(self, x_groups: torch.Tensor | None, t_codes: torch.Tensor,
-                                z_x: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+    def prepare_fit(self, data: CellData, train_index: torch.Tensor) -> None:
+        """Called by :func:`~pyro_causalcell.fit` before training: note the distinct
+        treatments of the training cells, so each step codes its groups on the device."""
+        index = train_index.to(data.device)
+        values = {sites.PERTURBATION: data.perturbation.index_select(0, index)}
+        if self.schema.dose_key is not None and data.dose is not None:
+            values[sites.DOSE] = data.dose.index_select(0, index)
+        table = torch.unique(self.treatment_features(values), dim=0)
+        controls = torch.nonzero((table == 0).all(-1)).flatten().tolist()
+        self._control_treatment = controls[0] if controls else None
+        self.treatment_table = table.to(next(self.parameters()).device)
+
+    def _groups(self, values: dict[str, torch.Tensor], t: torch.Tensor) -> GroupCodes:
+        """The batch's treatment and covariate groups. In training they are coded against the
+        training treatments and the covariates' categories (no host read); otherwise (queries,
+        whose treatments may be new) from the batch itself."""
+        covariate, n_covariates = (category_codes(values, self.categorical, self.schema)
+                                   if self.categorical else (None, 1))
+        table = self.treatment_table
+        if self.training and table is not None:
+            return GroupCodes(row_table_codes(t, table), len(table), covariate, n_covariates,
+                              self._control_treatment)
+        treatment = row_codes(t)
+        control = (t == 0).all(-1)
+        return GroupCodes(treatment, int(treatment.max()) + 1, covariate, n_covariates,
+                          int(treatment[control][0]) if bool(control.any()) else None)
+
+    def _conditional_dependence(self, groups: GroupCodes, z_x: torch.Tensor,
+                                z_t: torch.Tensor) -> torch.Tensor:
         """Normalised HSIC of z_x with the treatment within covariate groups, plus that of z_t
         with the covariate within treatment groups (:func:`conditional_hsic`)."""
-        if x_groups is None:  # continuous covariates only: no covariate groups
+        if groups.covariate is None:  # continuous covariates only: no covariate groups
             return z_x.new_zeros(())
-        x_codes = row_codes(x_groups)
-        return (conditional_hsic(z_x, one_hot(t_codes, int(t_codes.max()) + 1), x_codes)
-                + conditional_hsic(z_t, one_hot(x_codes, int(x_codes.max()) + 1), t_codes))
+        treatments = one_hot(groups.treatment, groups.n_treatments)
+        covariates = one_hot(groups.covariate, groups.n_covariates)
+        return (conditional_hsic(z_x, treatments, groups.covariate,
+                                 n_groups=groups.n_covariates)
+                + conditional_hsic(z_t, covariates, groups.treatment,
+                                   n_groups=groups.n_treatments))
 
-    def _interaction_main_effect(self, t: torch.Tensor, codes: torch.Tensor,
-                                 z_tx: torch.Tensor) -> torch.Tensor:
-        """Squared distance of each treatment group's (``codes``) mean z_tx from the controls'
-        mean, averaged with the groups' shares of the minibatch: a treatment's effect common
-        to every context belongs to z_t, which ``do(perturbation)`` moves by its prior."""
-        n_groups = int(codes.max()) + 1
-        sums = z_tx.new_zeros(n_groups, z_tx.shape[-1]).index_add(0, codes, z_tx)
-        sizes = torch.bincount(codes, minlength=n_groups).to(z_tx.dtype)
-        means = sums / sizes.unsqueeze(-1)
-        control = (t == 0).all(-1)
-        if not bool(control.any()):
+    def _interaction_main_effect(self, groups: GroupCodes, z_tx: torch.Tensor) -> torch.Tensor:
+        """Squared distance of each treatment group's mean z_tx from the controls' mean,
+        averaged with the groups' shares of the minibatch (0 without controls in the batch):
+        a treatment's effect common to every context belongs to z_t, which
+        ``do(perturbation)`` moves by its prior."""
+        if groups.control is None:
             return z_tx.new_zeros(())
-        reference = means[codes[control][0]]
-        return ((means - reference).pow(2).sum(-1) * sizes).sum() / len(z_tx)
+        codes, n_groups = groups.treatment, groups.n_treatments
+        sums = z_tx.new_zeros(n_groups, z_tx.shape[-1]).index_add(0, codes, z_tx)
+        sizes = one_hot(codes, n_groups).sum(0).to(z_tx.dtype)
+        means = sums / sizes.clamp(min=1.0).unsqueeze(-1)
+        reference = means[groups.control]
+        spread = ((means - reference).pow(2).sum(-1) * sizes).sum() / len(z_tx)
+        return spread * (sizes[groups.control] > 0).to(z_tx.dtype)
 
     def _discriminator_loss(self, z_x: torch.Tensor, z_t: torch.Tensor, z_tx: torch.Tensor,
-                            x_groups: torch.Tensor | None, t: torch.Tensor, *,
-                            fool: bool) -> torch.Tensor:
+                            x_groups: torch.Tensor | None, t: torch.Tensor,
+                            groups: GroupCodes, *, fool: bool) -> torch.Tensor:
         """Both discriminators' mean cross-entropy on one permutation of z_tx within the
         (x, t) groups."""
-        group = t if x_groups is None else torch.cat([x_groups, t], -1)
-        index = within_group_permutation(row_codes(group))
-        return sum(self.discriminators[name].loss(z, z_tx, group, index, fool=fool)
+        features_ = t if x_groups is None else torch.cat([x_groups, t], -1)
+        codes, n_groups = groups.pairs()
+        index = within_group_permutation(codes, n_groups=n_groups)
+        return sum(self.discriminators[name].loss(z, z_tx, features_, index, fool=fool)
                    for name, z in [("x", z_x), ("t", z_t)])
 
     def _discriminators_own_loss(self, batch: CellBatch) -> torch.Tensor:
@@ -313,7 +372,7 @@ class FCR(nn.Module):
             x_groups = features(values, self.categorical, self.schema)
             t = self.treatment_features(values)
         return self._discriminator_loss(z["z_x"], z["z_t"], z["z_tx"], x_groups, t,
-                                        fool=False)
+                                        self._groups(values, t), fool=False)
 
     def adversaries(self) -> list[Adversary]:
         """The permutation discriminators, trained on their own Adam after each ELBO step

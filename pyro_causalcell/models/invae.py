@@ -33,8 +33,8 @@ from ..infer.steps import Adversary
 from .blocks import PRIOR_MODES, ConditionalNormalPrior, LatentBlock, NormalPrior
 from .dependence import block_total_correlation, conditional_hsic
 from .energy_prior import ExponentialFamilyPrior
-from .components import (cells_plate, check_known_covariates, covariate_values, emit_counts,
-                         feature_width, features, observe_all)
+from .components import (category_codes, cells_plate, check_known_covariates,
+                         covariate_values, emit_counts, feature_width, features, observe_all)
 from .registry import register_model
 
 __all__ = ["InVAE"]
@@ -230,11 +230,7 @@ class InVAE(nn.Module):
                             z_inv: torch.Tensor) -> None:
         """Factor ``"conditional_invariance"``: minus ``invariance_weight`` x cells x the HSIC
         of ``z_inv`` and the spurious covariates within groups of the invariant ones."""
-        groups = torch.zeros_like(batch.library, dtype=torch.long)
-        n_groups = 1
-        for name in self._conditioning:  # one code per combination of categories
-            groups = groups * len(self.schema.categories_of(name)) + values[name]
-            n_groups *= len(self.schema.categories_of(name))
+        groups, n_groups = category_codes(values, self._conditioning, self.schema)
         dependence = conditional_hsic(z_inv, features(values, self.spurious, self.schema),
                                       groups, n_groups=n_groups)
         pyro.factor(CONDITIONAL_INVARIANCE, -self.invariance_weight * batch.n_cells * dependence)

@@ -20,7 +20,6 @@ from pyro_causalcell.data import CellData
 from pyro_causalcell.distributions import nb_log_prob
 from pyro_causalcell.infer.elbo import DeviceTraceELBO
 from pyro_causalcell.infer.steps import TrainingStep
-from pyro_causalcell.simulate import factorized, sparse_shift
 
 pytestmark = pytest.mark.usefixtures("seeded")
 
@@ -117,14 +116,7 @@ def gpu_formulas(monkeypatch):
     monkeypatch.setattr(nb_log_prob, "TABLE_DEVICES", ())
 
 
-FCR_READS = ("FCR still reads on the host in every step: torch.unique for its (x, t) group "
-             "codes (fcr.py row_codes), the group count for one-hot codes, the permutation "
-             "within groups (unique_consecutive, repeat_interleave) and the discriminators' "
-             "boolean masks")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    reason=FCR_READS, strict=True)) if n == "FCR" else n for n in sorted(MODELS)])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_training_step_reads_only_its_loss(name, data):
     found, steps = steps_found(MODELS[name](data), data)
     loss_read = "item at steps.py"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pyro
 import pytest
 import torch
@@ -107,6 +109,27 @@ def test_within_group_permutation_stays_in_the_group_and_moves_every_paired_cell
         alone |= groups == 3
         assert torch.equal(index[alone], torch.nonzero(alone).squeeze(1))
         assert (index[~alone] != torch.nonzero(~alone).squeeze(1)).all()
+
+
+def test_within_group_permutation_with_known_group_count_is_the_same_permutation():
+    groups = torch.tensor([7, 0, 7, 3, 0, 7, 5, 0, 7])  # codes below 8; 1, 2, 4 and 6 absent
+    for seed in range(5):
+        found = within_group_permutation(groups, torch.Generator().manual_seed(seed))
+        known = within_group_permutation(groups, torch.Generator().manual_seed(seed), n_groups=8)
+        assert torch.equal(found, known)
+
+
+def test_group_codes_are_found_without_reading_the_batch():
+    from pyro_causalcell.models.components import category_codes, row_table_codes
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.5]])
+    rows = torch.tensor([[1.0, 0.5], [0.0, 0.0], [1.0, 0.0], [1.0, 0.5]])
+    assert row_table_codes(rows, table).tolist() == [2, 0, 1, 2]
+    schema = SimpleNamespace(categories_of=lambda name: {"a": ("x", "y", "z"),
+                                                         "b": ("u", "v")}[name])
+    values = {"a": torch.tensor([0, 2, 1]), "b": torch.tensor([1, 0, 1])}
+    codes, n_groups = category_codes(values, ["a", "b"], schema)
+    assert n_groups == 6 and codes.tolist() == [1, 4, 3]  # a * 2 + b
 
 
 def test_a_discriminator_detects_within_group_dependence_and_nothing_else():
