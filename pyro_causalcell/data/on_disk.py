@@ -195,13 +195,9 @@ class OnDiskCounts:
         return block.rows(torch.arange(len(index)))
 
     def row_sums(self) -> torch.Tensor:
-        """Total counts per cell, in one pass over the file."""
-        totals = np.zeros(self.shape[0], dtype=np.float32)
-        for first, block in self.matrix.blocks():
-            if self.columns is not None:
-                block = block[:, self.columns]
-            totals[first:first + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
-        return torch.as_tensor(totals)
+        """Total counts per cell, from one pass over the file (:meth:`OnDiskMatrix.scan`)."""
+        totals = self.matrix.scan(self.columns).cell_totals
+        return torch.as_tensor(totals, dtype=torch.float32)
 
     def to(self, device: torch.device | str) -> "OnDiskCounts":
         """Counts stay on disk; minibatches are read on the CPU and copied to ``device``."""
