@@ -9,12 +9,12 @@ from .independence import (IndependenceTest, conditional_independence_test, gaus
                            hsic, hsic_test, kernel_ridge_residuals, median_bandwidth)
 from .integration import batch_mixing, label_silhouette, silhouette_samples
 from .response import ResponseR2, energy_distance, mean_expression_r2, response_r2, top_de_genes
-from .targets import (PrecisionRecallF1, match_latents, permute_targets, target_auroc,
-                      target_average_precision, target_precision_recall_f1)
+from .targets import (PrecisionRecallF1, latent_signs, match_latents, permute_targets,
+                      target_auroc, target_average_precision, target_precision_recall_f1)
 
 __all__ = [
     "correlation_matrix", "linear_r2", "mean_correlation_coefficient",
-    "match_latents", "permute_targets", "target_precision_recall_f1", "target_auroc",
+    "latent_signs", "match_latents", "permute_targets", "target_precision_recall_f1", "target_auroc",
     "target_average_precision", "PrecisionRecallF1",
     "normalized_mutual_information", "adjusted_rand_index", "kmeans", "cluster_agreement",
     "ClusterAgreement",

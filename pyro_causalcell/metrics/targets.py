@@ -18,8 +18,8 @@ from scipy.stats import rankdata
 
 from .identifiability import correlation_matrix
 
-__all__ = ["PrecisionRecallF1", "match_latents", "permute_targets", "target_auroc",
-           "target_average_precision", "target_precision_recall_f1"]
+__all__ = ["PrecisionRecallF1", "latent_signs", "match_latents", "permute_targets",
+           "target_auroc", "target_average_precision", "target_precision_recall_f1"]
 
 
 class PrecisionRecallF1(NamedTuple):
@@ -38,6 +38,11 @@ def match_latents(true_latents: np.ndarray, learned_latents: np.ndarray, *,
     evaluation, the *signed* correlation is used by default: a learned latent that tracks a
     true one with flipped sign is not rewarded. With ``signed=False`` absolute correlations are
     matched instead (the matching of :func:`~.identifiability.mean_correlation_coefficient`).
+
+    A latent's sign is not identifiable (flipping a latent, and the decoder and shifts with it,
+    leaves the model unchanged), so resolve the signs first for signed matching to mean what it
+    should: ``match_latents(true, learned * latent_signs(true, learned))`` then agrees with
+    ``signed=False``.
 
     Parameters
     ----------
@@ -61,6 +66,33 @@ def match_latents(true_latents: np.ndarray, learned_latents: np.ndarray, *,
     assignment = np.full(corr.shape[0], -1, dtype=np.int64)
     assignment[rows] = cols
     return assignment
+
+
+def latent_signs(true_latents: np.ndarray, learned_latents: np.ndarray, *,
+                 method: str = "pearson") -> np.ndarray:
+    """The sign that orients each learned latent like the true latent it is matched to.
+
+    Learned latents are matched to true ones on absolute correlation (Hungarian, as
+    :func:`match_latents` with ``signed=False``); a matched latent's sign is that of its
+    correlation with its partner, so ``learned * signs`` correlates positively with it.
+
+    Parameters
+    ----------
+    true_latents : (n_cells, k_true) array
+    learned_latents : (n_cells, k_learned) array
+    method : {"pearson", "spearman"}
+
+    Returns
+    -------
+    (k_learned,) float array of +1 and -1
+        Unmatched learned latents (``k_learned > k_true``) and matched ones with correlation
+        exactly 0 keep +1.
+    """
+    corr = correlation_matrix(true_latents, learned_latents, method)
+    rows, cols = linear_sum_assignment(np.abs(corr), maximize=True)
+    signs = np.ones(corr.shape[1])
+    signs[cols] = np.where(corr[rows, cols] < 0, -1.0, 1.0)
+    return signs
 
 
 def _as_graph(name: str, values, *, binary: bool) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pyro_causalcell.metrics.targets import (
+    latent_signs,
     match_latents,
     permute_targets,
     target_auroc,
@@ -45,6 +46,33 @@ def test_signed_matching_does_not_reward_a_sign_flip():
     learned = np.column_stack([-true[:, 0], true[:, 0] + 0.5 * rng.normal(size=2000)])
     np.testing.assert_array_equal(match_latents(true, learned, signed=True), [1, 0])
     np.testing.assert_array_equal(match_latents(true, learned, signed=False), [0, 1])
+
+
+def test_latent_signs_make_signed_matching_agree_with_absolute_matching(true_latents,
+                                                                         true_targets):
+    rng = np.random.default_rng(2)
+    flips = np.array([-1.0, 1.0, -1.0, -1.0])
+    learned = (true_latents[:, PERM] + 0.3 * rng.normal(size=true_latents.shape)) * flips
+    signs = latent_signs(true_latents, learned)
+    np.testing.assert_array_equal(signs, flips)
+    oriented = learned * signs
+    absolute = match_latents(true_latents, learned, signed=False)
+    np.testing.assert_array_equal(match_latents(true_latents, oriented, signed=True), absolute)
+    assert not np.array_equal(match_latents(true_latents, learned, signed=True), absolute)
+    # the target graph scores the same under both protocols once the signs are resolved
+    learned_graph = true_targets[:, PERM]
+    assert target_precision_recall_f1(
+        true_targets, learned_graph, match_latents(true_latents, oriented)).f1 == 1.0
+    assert target_precision_recall_f1(
+        true_targets, learned_graph, match_latents(true_latents, learned)).f1 < 1.0
+
+
+def test_latent_signs_leave_unmatched_latents_positive(true_latents):
+    learned = np.column_stack([-true_latents[:, 1], true_latents[:, 0],
+                               np.random.default_rng(3).normal(size=len(true_latents)),
+                               -true_latents[:, 2], -true_latents[:, 3]])
+    np.testing.assert_array_equal(latent_signs(true_latents[:, :3], learned),
+                                  [-1, 1, 1, -1, 1])
 
 
 def test_match_latents_with_fewer_learned_latents_marks_unmatched(true_latents):
