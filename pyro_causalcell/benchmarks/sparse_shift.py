@@ -51,6 +51,9 @@ class SparseShiftBenchmark:
     n_cells_per_perturbation: int = 250
     n_genes: int = 100
     n_held_out: int = 20
+    simulation: dict = field(default_factory=dict)
+    """Further :func:`~pyro_causalcell.simulate.sparse_shift` settings (``n_control_cells``,
+    ``n_combinations``, ``softmax``, ``count_scale``, ``inverse_dispersion`` ...)."""
     n_hidden: int = 128
     n_layers: int = 2
     max_epochs: int = 300
@@ -72,7 +75,7 @@ class SparseShiftBenchmark:
         """Training and held-out cells of the simulation."""
         adata = sparse_shift(n_latent=self.n_latent, n_perturbations=self.n_perturbations,
                              n_cells_per_perturbation=self.n_cells_per_perturbation,
-                             n_genes=self.n_genes, seed=self.seed)
+                             n_genes=self.n_genes, seed=self.seed, **self.simulation)
         return split_perturbations(adata, self.n_held_out, seed=self.seed)
 
     def run(self, log: Callable[[str], None] = print) -> pd.DataFrame:

@@ -1,0 +1,161 @@
+"""sVAE+ against VAE and iVAE across sparse-shift simulation designs and seeds.
+
+The sVAE study reports one design (15 latents, 100 perturbations x 250 cells, 100 genes). This
+sweep runs :class:`~pyro_causalcell.benchmarks.sparse_shift.SparseShiftBenchmark` (the same
+protocol: fit on 80% of the perturbations, transfer to the other 20%, score latents, targets
+and held-out IWELBO) on four designs, each over seeds that were not used to choose any setting
+(seed 0 was), with the package's defaults:
+
+``study``
+    15 latents, 100 perturbations x 250 cells, 100 genes (Poisson counts, rates softmaxed over
+    cells, the study's simulator);
+``small``
+    10 latents, 50 perturbations x 100 cells, 200 genes;
+``nb_genes``
+    20 latents, 200 perturbations x 80 cells, 300 genes, negative-binomial counts
+    (inverse dispersion 5), rates softmaxed over genes with 3,000 counts per cell;
+``controls_pairs``
+    the study's design plus 2,000 control cells and 50 pairwise combinations of 250 cells.
+
+Every fit is appended to ``<out>/runs.csv`` as soon as it ends, and a run that finds a row
+already there skips it, so an interrupted sweep resumes. The summary (mean and range over
+seeds) is printed and written as an reStructuredText table with ``--table``::
+
+    python benchmarks/svae_sweep.py --out sweep --table docs/svae_sweep_table.rst
+    python benchmarks/svae_sweep.py --out sweep --designs small --seeds 1 --models sVAE+
+    python benchmarks/svae_sweep.py --out /tmp/q --quick     # the set-up in about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pyro_causalcell.benchmarks.sparse_shift import MODELS, SparseShiftBenchmark
+
+#: design name -> SparseShiftBenchmark settings (n_held_out: 20% of the perturbations)
+DESIGNS: dict[str, dict] = {
+    "study": dict(n_latent=15, n_perturbations=100, n_cells_per_perturbation=250, n_genes=100,
+                  n_held_out=20),
+    "small": dict(n_latent=10, n_perturbations=50, n_cells_per_perturbation=100, n_genes=200,
+                  n_held_out=10),
+    "nb_genes": dict(n_latent=20, n_perturbations=200, n_cells_per_perturbation=80,
+                     n_genes=300, n_held_out=40,
+                     simulation=dict(inverse_dispersion=5.0, softmax="genes",
+                                     count_scale=3000.0)),
+    "controls_pairs": dict(n_latent=15, n_perturbations=100, n_cells_per_perturbation=250,
+                           n_genes=100, n_held_out=20,
+                           simulation=dict(n_control_cells=2000, n_combinations=50)),
+}
+#: a small design and short fits that check the set-up
+QUICK = dict(n_latent=5, n_perturbations=12, n_cells_per_perturbation=60, n_genes=40,
+             n_held_out=3, max_epochs=4, transfer_epochs=2, kl_warmup_epochs=2,
+             n_importance_samples=4)
+QUICK_SIMULATION = dict(n_control_cells=100, n_combinations=5)
+#: reported columns: (runs.csv column, table heading)
+METRICS = (("mcc_pearson", "MCC"), ("target_f1_abs", "F1 (abs)"), ("target_f1", "F1 (signed)"),
+           ("target_auroc_abs", "AUROC (abs)"), ("target_auroc", "AUROC (signed)"),
+           ("heldout_iwelbo", "held-out IWELBO"), ("fit_seconds", "fit s"))
+KEYS = ["design", "seed", "model"]
+
+
+def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: str = "auto",
+              log=print) -> pd.DataFrame:
+    """Fit every (design, seed, model) not yet in ``out/runs.csv``; returns all rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "runs.csv"
+    runs = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=KEYS)
+    done = set(map(tuple, runs[KEYS].astype(str).to_numpy()))
+    for design in designs:
+        for seed in seeds:
+            todo = [m for m in models if (design, str(seed), m) not in done]
+            if not todo:
+                continue
+            settings = {**DESIGNS[design], **(QUICK if quick else {})}
+            if quick:
+                settings["simulation"] = {k: QUICK_SIMULATION.get(k, v)
+                                          for k, v in settings.get("simulation", {}).items()}
+            log(f"{design}, seed {seed}: {', '.join(todo)}")
+            benchmark = SparseShiftBenchmark(models=todo, seed=seed, device=device, **settings)
+            table = benchmark.run(log=lambda line: log("  " + line))
+            rows = table.reset_index().assign(design=design, seed=seed)
+            runs = pd.concat([runs, rows[KEYS + [c for c in rows if c not in KEYS]]],
+                             ignore_index=True)
+            runs.to_csv(path, index=False)
+    return runs
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, min and max over seeds of each metric, one row per (design, model)."""
+    grouped = runs.groupby(["design", "model"], sort=False)
+    parts = {}
+    for column, _ in METRICS:
+        stats = grouped[column].agg(["mean", "min", "max"])
+        parts.update({(column, s): stats[s] for s in stats})
+    summary = pd.DataFrame(parts)
+    summary[("seeds", "list")] = grouped["seed"].apply(lambda s: ",".join(map(str, sorted(s))))
+    return summary
+
+
+def _cell(mean: float, low: float, high: float, column: str) -> str:
+    digits = 0 if column == "fit_seconds" else (2 if column == "heldout_iwelbo" else 3)
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def rst_table(summary: pd.DataFrame) -> str:
+    """The summary as an reStructuredText list-table: mean [min, max] over seeds."""
+    lines = [".. list-table::", "   :header-rows: 1", "",
+             "   * - design", "     - model", "     - seeds"]
+    lines += [f"     - {heading}" for _, heading in METRICS]
+    for (design, model), row in summary.iterrows():
+        lines += [f"   * - {design}", f"     - {model}", f"     - {row[('seeds', 'list')]}"]
+        lines += [f"     - {_cell(*(row[(c, s)] for s in ('mean', 'min', 'max')), c)}"
+                  for c, _ in METRICS]
+    return "\n".join(lines) + "\n"
+
+
+def _names(text: str, choices, what: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown or not names:
+        raise SystemExit(f"--{what}: unknown {unknown}; choose among {','.join(choices)}")
+    return names
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("svae_sweep"),
+                        help="folder of runs.csv (default: %(default)s)")
+    parser.add_argument("--designs", default=",".join(DESIGNS), help="default: %(default)s")
+    parser.add_argument("--seeds", default="1,2,3", help="default: %(default)s")
+    parser.add_argument("--models", default="VAE,iVAE,sVAE+", help="default: %(default)s")
+    parser.add_argument("--table", type=Path, help="write the summary here (.rst)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small design with a few epochs, to check the set-up")
+    parser.add_argument("--device", default="auto", help="default: %(default)s")
+    parser.add_argument("--threads", type=int, default=2, help="default: %(default)s")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    designs = _names(args.designs, DESIGNS, "designs")
+    models = _names(args.models, MODELS, "models")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds: give comma-separated integers, got {args.seeds!r}")
+    runs = run_sweep(args.out, designs, seeds, models, quick=args.quick, device=args.device,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    runs = runs[runs["design"].isin(designs) & runs["model"].isin(models)
+                & runs["seed"].astype(int).isin(seeds)]
+    table = rst_table(summarise(runs))
+    print(table)
+    if args.table:
+        args.table.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The design sweep script (benchmarks/svae_sweep.py): runs, resumes, summarises."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "svae_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("svae_sweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_sweep_writes_one_row_per_fit_and_resumes(sweep, tmp_path, monkeypatch):
+    table = tmp_path / "table.rst"
+    args = ["--out", str(tmp_path), "--quick", "--designs", "controls_pairs", "--seeds", "1,2",
+            "--models", "VAE,sVAE+", "--threads", "1", "--table", str(table)]
+    assert sweep.main(args) == 0
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(zip(runs["seed"], runs["model"])) == [(1, "VAE"), (1, "sVAE+"),
+                                                        (2, "VAE"), (2, "sVAE+")]
+    assert runs["mcc_pearson"].between(0, 1).all() and runs["fit_seconds"].gt(0).all()
+    text = table.read_text()
+    assert text.startswith(".. list-table::") and text.count("   * - controls_pairs") == 2
+
+    # a second call finds every fit in runs.csv and fits nothing
+    def refuse(self, log=print):
+        raise AssertionError("refitted a finished run")
+
+    monkeypatch.setattr(sweep.SparseShiftBenchmark, "run", refuse)
+    assert sweep.main(args) == 0
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 4
+
+
+def test_summary_reports_mean_and_range_over_seeds(sweep):
+    runs = pd.DataFrame({"design": ["small"] * 3, "model": ["sVAE+"] * 3, "seed": [3, 1, 2],
+                         **{column: [0.8, 0.9, 1.0] for column, _ in sweep.METRICS}})
+    summary = sweep.summarise(runs)
+    row = summary.loc[("small", "sVAE+")]
+    assert row[("mcc_pearson", "mean")] == pytest.approx(0.9)
+    assert (row[("mcc_pearson", "min")], row[("mcc_pearson", "max")]) == (0.8, 1.0)
+    assert row[("seeds", "list")] == "1,2,3"
+    assert "     - 0.900 [0.800, 1.000]" in sweep.rst_table(summary)
+
+
+def test_unknown_design_is_named(sweep, tmp_path):
+    with pytest.raises(SystemExit, match=r"--designs: unknown \['huge'\]; choose among study"):
+        sweep.main(["--out", str(tmp_path), "--designs", "huge"])
