@@ -45,6 +45,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+def positive_float_or_auto(text: str) -> float | str:
+    """argparse type: ``auto`` or a finite number > 0."""
+    return "auto" if text == "auto" else positive_float(text)
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1)."""
     value = float(text)
@@ -124,9 +129,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--nuisance-latent", type=non_negative_int, default=0,
                        help="hsicvae only: width of a second latent block 'z_nuisance' that z "
                             "is made independent of (default: %(default)s, none)")
-    group.add_argument("--sparsity-weight", type=positive_float, default=50.0,
+    group.add_argument("--sparsity-weight", type=positive_float_or_auto, default="auto",
                        help="svae / svae+ only: lambda, the L0 penalty (svae) or the "
-                            "Beta(1, lambda) prior on target probabilities (svae+) "
+                            "Beta(1, lambda) prior on target probabilities (svae+); 'auto' "
+                            "sets it from the training cells per perturbation "
                             "(default: %(default)s)")
 
 

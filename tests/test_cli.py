@@ -230,6 +230,13 @@ def test_fit_svae_plus_writes_target_probabilities(tmp_path, capsys):
     assert list(table.index) == ["p0", "p1", "p2", "p3"] and table.shape == (4, 3)
     assert ((table > 0) & (table < 1)).all().all()
     assert json.loads(capsys.readouterr().out.split("\nwrote")[0])["model"] == "svae+"
+    # the default sparsity weight was set from the 27 training cells per perturbation
+    assert load(out / "model.pt").sparsity_weight == pytest.approx(0.4 * 27, abs=0.4 * 3)
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "svae+", str(path), "--out", str(tmp_path / "o2"),
+              "--sparsity-weight", "strong", *FAST])
+    assert "--sparsity-weight: invalid positive_float_or_auto value: 'strong'" in (
+        capsys.readouterr().err)
 
 
 def test_benchmark_sparse_shift_writes_its_table(tmp_path):

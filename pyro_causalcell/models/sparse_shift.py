@@ -45,6 +45,10 @@ from .shift_priors import DenseShifts, SparseShifts
 from .vae import VAE
 
 SPARSITY = ("vae", "ivae", "svae", "svae+")
+#: sparsity_weight="auto": lambda per median training cell of a perturbation
+AUTO_SPARSITY = {"svae": 0.6, "svae+": 0.4}
+#: the lambda that sparsity_weight="auto" stands for until a fit has seen training cells
+AUTO_SPARSITY_BEFORE_FIT = 50.0
 
 
 @register_model
@@ -62,11 +66,17 @@ class SparseShiftVAE(VAE):
     use_covariates : bool
         As in :class:`~pyro_causalcell.models.VAE`.
     sparsity : {"vae", "ivae", "svae", "svae+"}
-    sparsity_weight : float
+    sparsity_weight : float or "auto"
         :math:`\\lambda`: penalty per expected target (sVAE) or the Beta(1, lambda) prior on
         target probabilities (sVAE+; lambda = 1 is flat, no sparsity). For sVAE+ a true
         target's probability settles near ``n / (n + lambda)`` for ``n`` cells of the
-        perturbation, so keep lambda well below the cells per perturbation.
+        perturbation, so lambda must stay below the cells per perturbation. ``"auto"`` (the
+        default) sets it when :func:`~pyro_causalcell.infer.fit` first sees the training
+        cells: :data:`AUTO_SPARSITY` times the median number of training cells per
+        perturbation (sVAE+: 0.4, a true target then settles near 0.71; sVAE: 0.6), the
+        ratios of the weights chosen on the study's design (100 and 150 at 250 cells). The
+        value is then kept (``model.sparsity_weight``, saved with the model); before any fit,
+        ``"auto"`` acts as :data:`AUTO_SPARSITY_BEFORE_FIT`.
     shift_prior_scale : float
         Standard deviation of the Normal prior on shifts.
 
@@ -80,7 +90,8 @@ class SparseShiftVAE(VAE):
     variants = {name: {"sparsity": name} for name in ("ivae", "svae", "svae+")}
 
     def __init__(self, schema: CellSchema, n_latent: int = 15, n_hidden: int = 128,
-                 n_layers: int = 2, sparsity: str = "svae+", sparsity_weight: float = 50.0,
+                 n_layers: int = 2, sparsity: str = "svae+",
+                 sparsity_weight: float | str = "auto",
                  shift_prior_scale: float = 10.0, beta: float = 1.0, likelihood: str = "nb",
                  dispersion: str = "gene", use_domain: bool = True, dropout: float = 0.1,
                  norm: str | None = "batch", use_covariates: bool = True):
@@ -89,9 +100,14 @@ class SparseShiftVAE(VAE):
         if sparsity != "vae" and schema.n_perturbations == 0:
             raise ValueError(f"sparsity={sparsity!r} needs perturbations: build the data with "
                              "CellData.from_anndata(..., perturbation_key=..., control=...)")
-        if sparsity_weight < 0 or shift_prior_scale <= 0:
-            raise ValueError(f"sparsity_weight must be >= 0 (got {sparsity_weight}) and "
-                             f"shift_prior_scale > 0 (got {shift_prior_scale})")
+        if isinstance(sparsity_weight, str):
+            if sparsity_weight != "auto":
+                raise ValueError(f"sparsity_weight={sparsity_weight!r}; give a number >= 0 or "
+                                 "'auto' (set from the training cells per perturbation)")
+        elif not sparsity_weight >= 0:
+            raise ValueError(f"sparsity_weight must be >= 0 or 'auto', got {sparsity_weight}")
+        if shift_prior_scale <= 0:
+            raise ValueError(f"shift_prior_scale must be > 0, got {shift_prior_scale}")
         super().__init__(schema, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
                          beta=beta, likelihood=likelihood, dispersion=dispersion,
                          use_domain=use_domain, dropout=dropout, norm=norm,
@@ -102,8 +118,9 @@ class SparseShiftVAE(VAE):
         self.sparsity_weight = sparsity_weight
         self.shift_prior_scale = shift_prior_scale
         make_prior = SHIFT_PRIORS[sparsity]
+        weight = AUTO_SPARSITY_BEFORE_FIT if sparsity_weight == "auto" else sparsity_weight
         self.shifts = None if make_prior is None else make_prior(
-            schema.n_perturbations, n_latent, shift_prior_scale, sparsity_weight)
+            schema.n_perturbations, n_latent, shift_prior_scale, weight)
         self.pyro_name = f"sparse_shift_{uuid.uuid4().hex[:8]}"
         self._register_load_state_dict_pre_hook(_tables_saved_before_shift_priors,
                                                 with_module=True)
@@ -126,11 +143,22 @@ class SparseShiftVAE(VAE):
             self.shifts.add(len(self.schema.perturbations) - self.shifts.shift_loc.shape[0])
 
     def prepare_fit(self, data, train_index: torch.Tensor) -> None:
-        """Note the most perturbations any training cell carries: the mixture's size in every
-        training step, known without reading each batch on the host."""
-        if self.shifts is not None and data.perturbation is not None:
-            counts = data.perturbation.index_select(0, train_index.to(data.device)).sum(-1)
-            self.shifts.max_active = int(counts.max()) if len(counts) else 1
+        """Note the most perturbations any training cell carries (the mixture's size in every
+        training step, known without reading each batch on the host), and set an ``"auto"``
+        sparsity weight from the training cells per perturbation."""
+        if self.shifts is None or data.perturbation is None:
+            return
+        perturbation = data.perturbation.index_select(0, train_index.to(data.device))
+        counts = perturbation.sum(-1)
+        self.shifts.max_active = int(counts.max()) if len(counts) else 1
+        if self.sparsity_weight == "auto" and self.sparsity in AUTO_SPARSITY:
+            self._set_sparsity_weight(AUTO_SPARSITY[self.sparsity]
+                                      * median_cells_per_perturbation(perturbation))
+
+    def _set_sparsity_weight(self, weight: float) -> None:
+        weight = round(float(weight), 4)
+        self.sparsity_weight = self.shifts.sparsity_weight = weight
+        self.init_args["sparsity_weight"] = weight
 
     @property
     def has_targets(self) -> bool:
@@ -156,6 +184,19 @@ class SparseShiftVAE(VAE):
         mechanism = self.shifts.mechanism(perturbation, globals_)
         perturbed = (perturbation.sum(-1, keepdim=True) > 0).to(perturbation.dtype)
         return StochasticInterventionMessenger(sites.Z, mechanism, perturbed)
+
+
+def median_cells_per_perturbation(perturbation: torch.Tensor) -> float:
+    """Median over perturbations (those some cell carries) of their cells.
+
+    Parameters
+    ----------
+    perturbation : (cells, P) multi-hot tensor
+        A cell with a combination counts for each of its perturbations.
+    """
+    cells = (perturbation > 0).sum(0)
+    cells = cells[cells > 0].double()
+    return float(cells.median()) if len(cells) else 0.0
 
 
 def _table(name: str) -> property:

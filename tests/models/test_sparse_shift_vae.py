@@ -106,6 +106,35 @@ def test_bad_arguments(sim):
     no_perturbations = CellData.from_anndata(sim[0])
     with pytest.raises(ValueError, match="needs perturbations: build the data with"):
         SparseShiftVAE(no_perturbations.schema, sparsity="svae+")
+    with pytest.raises(ValueError, match="sparsity_weight='strong'; give a number >= 0 or 'auto'"):
+        SparseShiftVAE(data.schema, sparsity_weight="strong")
+    with pytest.raises(ValueError, match="sparsity_weight must be >= 0 or 'auto', got -1"):
+        SparseShiftVAE(data.schema, sparsity_weight=-1)
+
+
+@pytest.mark.parametrize("sparsity, ratio", [("svae+", 0.4), ("svae", 0.6)])
+def test_auto_sparsity_weight_follows_the_training_cells_per_perturbation(sim, tmp_path,
+                                                                          sparsity, ratio):
+    adata, data = sim
+    model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity=sparsity)
+    assert model.sparsity_weight == "auto" and model.shifts.sparsity_weight == 50.0
+    train = torch.arange(0, data.n_cells, 3)
+    model.prepare_fit(data, train)
+    labels = adata.obs["perturbation"].astype(str).iloc[train.numpy()]
+    cells = labels[labels != "control"].value_counts()  # no combinations in this simulation
+    assert model.sparsity_weight == pytest.approx(ratio * float(np.median(cells)))
+    assert model.shifts.sparsity_weight == model.sparsity_weight
+    assert model.init_args["sparsity_weight"] == model.sparsity_weight
+
+    # fit sets it from its own training split (40 cells per perturbation, a quarter held
+    # out for validation), once; the value is saved with the model
+    model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity=sparsity)
+    fit(model, data, max_epochs=1, validation_fraction=0.25, progress=False)
+    weight = model.sparsity_weight
+    assert ratio * 25 <= weight <= ratio * 36
+    fit(model, data, max_epochs=1, validation_fraction=0.5, progress=False)
+    assert model.sparsity_weight == weight
+    assert load(save(model, tmp_path / "auto.pt"), data).sparsity_weight == weight
 
 
 def test_fit_trains_masks_and_shifts_and_round_trips(sim, tmp_path):
