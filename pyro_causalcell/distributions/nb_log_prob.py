@@ -31,17 +31,26 @@ TABLE_SIZE = 32  # counts 0..TABLE_SIZE are looked up; larger ones computed exac
 TABLE_DEVICES = ("cpu",)
 
 
+#: above this share of counts beyond the table, the direct formula is faster than the lookup
+#: plus exact values for the rest (1.4 vs 4.0 ms for 256 x 100 Poisson(40) counts, forward and
+#: backward, 2 CPU threads; with no large counts the lookup takes 1.2-1.6 ms, the formula 1.5-2.3)
+MAX_LARGE_SHARE = 0.01
+
+
 def _integer_index(value: torch.Tensor):
     """``(clamped long counts, (rows, cols) of counts above the table or None)``.
 
-    None when some count is not a whole number (then the direct formula is used).
+    None when some count is not a whole number, or more than :data:`MAX_LARGE_SHARE` of the
+    counts lie above the table (then the direct formula is used).
     """
     clamped = value.clamp(max=TABLE_SIZE)
     if torch.frac(clamped).any():
         return None
-    large = None
-    if value.max() > TABLE_SIZE:
-        large = (value > TABLE_SIZE).nonzero(as_tuple=True)
+    above = value > TABLE_SIZE
+    n_large = int(above.sum())
+    if n_large > MAX_LARGE_SHARE * value.numel():
+        return None
+    large = above.nonzero(as_tuple=True) if n_large else None
     return clamped.long(), large
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from pyro.distributions import GammaPoisson
 
+from pyro_causalcell.distributions import nb_log_prob as kernel
 from pyro_causalcell.distributions.nb_log_prob import TABLE_SIZE, nb_log_prob
 
 
@@ -21,7 +22,7 @@ def inputs():
     generator = torch.Generator().manual_seed(0)
     mean = torch.rand(30, 40, generator=generator, dtype=torch.float64) * 20 + 1e-3
     theta = torch.rand(40, generator=generator, dtype=torch.float64) * 10 + 0.05
-    value = torch.poisson(mean * 1.5, generator=generator)
+    value = torch.poisson(mean, generator=generator)
     value[0, :3] = torch.tensor([TABLE_SIZE, TABLE_SIZE + 1, 5000.0])  # table edge and beyond
     return value, mean.log(), theta
 
@@ -41,6 +42,32 @@ def test_log_prob_and_gradients_match_the_direct_formula(inputs, shift):
     expected = torch.autograd.grad((reference * weights).sum(), [a2, b2])
     torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-9)
     for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_tables_serve_counts_mostly_within_them(inputs, monkeypatch):
+    value, log_mean, theta = inputs
+    assert 0 < (value > TABLE_SIZE).float().mean() <= kernel.MAX_LARGE_SHARE
+    calls = []
+    tables = kernel._tables
+    monkeypatch.setattr(kernel, "_tables", lambda t: calls.append(1) or tables(t))
+    nb_log_prob(value, log_mean.clone().requires_grad_(), None, theta.clone().requires_grad_()
+                ).sum().backward()
+    assert len(calls) == 2  # the value and its gradient
+
+
+def test_mostly_large_counts_take_the_direct_formula(inputs, monkeypatch):
+    _, log_mean, theta = inputs
+    value = torch.poisson(torch.full(log_mean.shape, 60.0, dtype=log_mean.dtype),
+                          generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(kernel, "_tables", lambda t: pytest.fail("used the tables"))
+    a, b = log_mean.clone().requires_grad_(), theta.clone().requires_grad_()
+    ours = nb_log_prob(value, a, None, b)
+    grads = torch.autograd.grad(ours.sum(), [a, b])
+    a2, b2 = log_mean.clone().requires_grad_(), theta.clone().requires_grad_()
+    reference = direct(value, a2, b2)
+    torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-9)
+    for got, want in zip(grads, torch.autograd.grad(reference.sum(), [a2, b2])):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
