@@ -232,7 +232,7 @@ def _add_benchmark_parser(commands) -> None:
                         help="comma-separated subset of %(default)s")
     sparse.add_argument("--max-epochs", type=positive_int, default=300, help="default: %(default)s")
     sparse.add_argument("--transfer-epochs", type=positive_int, default=100, help="default: %(default)s")
-    sparse.add_argument("--batch-size", type=positive_int, default=128, help="default: %(default)s")
+    sparse.add_argument("--batch-size", type=positive_int, default=256, help="default: %(default)s")
     sparse.add_argument("--lr", type=positive_float, default=1e-2, help="default: %(default)s")
     sparse.add_argument("--kl-warmup-epochs", type=non_negative_int, default=50, help="default: %(default)s")
     sparse.add_argument("--n-importance-samples", type=positive_int, default=100,

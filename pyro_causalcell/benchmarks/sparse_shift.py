@@ -58,7 +58,10 @@ class SparseShiftBenchmark:
     n_hidden: int = 128
     n_layers: int = 2
     max_epochs: int = 300
-    batch_size: int = 128
+    batch_size: int = 256
+    """256 recovers the study design's latents as 128 did (seed 0, sVAE+, 300 epochs: MCC 0.925
+    and 0.924) in about 1.5x less time; 512 lost (0.880 at lr 0.01, 0.74 by epoch 120 at lr
+    0.02)."""
     lr: float = 1e-2
     kl_warmup_epochs: int = 50
     transfer_epochs: int = 100
