@@ -23,6 +23,7 @@ seeds) is printed and written as an reStructuredText table with ``--table``::
 
     python benchmarks/svae_sweep.py --out sweep --table docs/svae_sweep_table.rst
     python benchmarks/svae_sweep.py --out sweep --designs small --seeds 1 --models sVAE+
+    python benchmarks/svae_sweep.py --out sweep --report-only --table t.rst  # no fitting
     python benchmarks/svae_sweep.py --out /tmp/q --quick     # the set-up in about a minute
 """
 
@@ -102,6 +103,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(mean: float, low: float, high: float, column: str) -> str:
+    if mean != mean:  # not measured (NaN)
+        return "—"
     digits = 0 if column == "fit_seconds" else (2 if column == "heldout_iwelbo" else 3)
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
@@ -134,6 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="1,2,3", help="default: %(default)s")
     parser.add_argument("--models", default="VAE,iVAE,sVAE+", help="default: %(default)s")
     parser.add_argument("--table", type=Path, help="write the summary here (.rst)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="fit nothing: summarise the rows already in runs.csv")
     parser.add_argument("--quick", action="store_true",
                         help="a small design with a few epochs, to check the set-up")
     parser.add_argument("--device", default="auto", help="default: %(default)s")
@@ -146,10 +151,20 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"--seeds: give comma-separated integers, got {args.seeds!r}")
-    runs = run_sweep(args.out, designs, seeds, models, quick=args.quick, device=args.device,
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.report_only:
+        path = args.out / "runs.csv"
+        if not path.exists():
+            raise SystemExit(f"--report-only: {path} does not exist; run the sweep first")
+        runs = pd.read_csv(path)
+    else:
+        runs = run_sweep(args.out, designs, seeds, models, quick=args.quick,
+                         device=args.device,
+                         log=lambda line: print(line, file=sys.stderr, flush=True))
     runs = runs[runs["design"].isin(designs) & runs["model"].isin(models)
                 & runs["seed"].astype(int).isin(seeds)]
+    runs = runs.sort_values(["design", "model", "seed"], kind="stable", key=lambda column: (
+        column.map({name: i for i, name in enumerate(designs + models)})
+        if column.name != "seed" else column.astype(int)))
     table = rst_table(summarise(runs))
     print(table)
     if args.table:

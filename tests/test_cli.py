@@ -249,7 +249,11 @@ def test_benchmark_sparse_shift_writes_its_table(tmp_path):
     assert list(table.index) == ["VAE", "sVAE+"]
     assert {"mcc_pearson", "target_f1", "target_auroc", "heldout_iwelbo",
             "fit_seconds"} <= set(table.columns)
-    assert np.isfinite(table.drop(columns=["transfer_seconds"]).to_numpy()).all()
+    measured = table.drop(columns=["transfer_seconds", "sparsity_weight"])
+    assert np.isfinite(measured.to_numpy()).all()
+    # sVAE+'s lambda was set from its 90 training cells per perturbation; the VAE has none
+    assert table.loc["sVAE+", "sparsity_weight"] == pytest.approx(0.4 * 90)
+    assert np.isnan(table.loc["VAE", "sparsity_weight"])
     assert (out / "targets.png").read_bytes().startswith(PNG_SIGNATURE)
     fitted = np.load(out / "fitted.npz")
     assert fitted["sVAE+__latent"].shape[1] == 6 and fitted["sVAE+__targets"].shape == (20, 6)

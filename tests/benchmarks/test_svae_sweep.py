@@ -38,6 +38,13 @@ def test_quick_sweep_writes_one_row_per_fit_and_resumes(sweep, tmp_path, monkeyp
     monkeypatch.setattr(sweep.SparseShiftBenchmark, "run", refuse)
     assert sweep.main(args) == 0
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 4
+    # --report-only summarises what is there, even for seeds not run yet
+    table.unlink()
+    assert sweep.main(args[:-2] + ["--seeds", "1,2,3", "--report-only",
+                                   "--table", str(table)]) == 0
+    assert table.read_text().count("   * - controls_pairs") == 2
+    with pytest.raises(SystemExit, match="--report-only: .* does not exist; run the sweep"):
+        sweep.main(["--out", str(tmp_path / "empty"), "--report-only"])
 
 
 def test_summary_reports_mean_and_range_over_seeds(sweep):

@@ -1,0 +1,78 @@
+"""Seconds per epoch of an sVAE+ fit of the study's design: former settings vs current ones.
+
+Both are measured in one run, interleaved (``--rounds`` times each, after one warm-up epoch per
+setting), on the simulation of ``causalcell benchmark sparse-shift`` (15 latents, 80 training
+perturbations x 250 cells, 100 genes; 10% of cells for validation):
+
+``former``
+    batch 128, the NB kernel's lookup table for every whole-number count (before the kernel
+    switched to the direct formula when more than 1% of the counts lie beyond the table);
+``current``
+    batch 256 (the benchmark's default) and the current NB kernel.
+
+Prints each setting's median seconds per epoch, their ratio, and the implied time of a
+300-epoch fit. The fits' recovery is not measured here: see ``benchmarks/svae_sweep.py`` and
+``docs/sparse_shift.rst`` (batch 256 reached MCC 0.925 on the tuning seed where 128 reached
+0.924)::
+
+    python benchmarks/svae_speed.py            # about 2 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from pyro_causalcell import CellData, SparseShiftVAE, fit
+from pyro_causalcell.benchmarks.sparse_shift import SparseShiftBenchmark
+from pyro_causalcell.distributions import nb_log_prob
+
+SETTINGS = {"former": dict(batch_size=128, max_large_share=1.0),
+            "current": dict(batch_size=256, max_large_share=nb_log_prob.MAX_LARGE_SHARE)}
+
+
+def seconds_per_epoch(data: CellData, batch_size: int, max_large_share: float, epochs: int,
+                      device: str) -> float:
+    nb_log_prob.MAX_LARGE_SHARE = max_large_share
+    torch.manual_seed(0)
+    model = SparseShiftVAE(data.schema, n_latent=15, sparsity="svae+")
+    start = time.perf_counter()
+    fit(model, data, max_epochs=epochs, batch_size=batch_size, lr=1e-2, kl_warmup_epochs=50,
+        device=device, seed=0, progress=False)
+    return (time.perf_counter() - start) / epochs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements per setting")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    train, _ = SparseShiftBenchmark(seed=0).simulate()
+    data = CellData.from_anndata(train, perturbation_key="perturbation")
+    default = nb_log_prob.MAX_LARGE_SHARE
+    times = {name: [] for name in SETTINGS}
+    try:
+        for name, setting in SETTINGS.items():  # warm-up: imports, allocator, first epoch
+            seconds_per_epoch(data, epochs=1, device=args.device, **setting)
+        for _ in range(args.rounds):
+            for name, setting in SETTINGS.items():
+                times[name].append(seconds_per_epoch(data, epochs=args.epochs,
+                                                     device=args.device, **setting))
+    finally:
+        nb_log_prob.MAX_LARGE_SHARE = default
+    median = {name: statistics.median(values) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"{name:8s} {SETTINGS[name]}: s/epoch {', '.join(f'{v:.2f}' for v in values)} "
+              f"(median {median[name]:.2f}; 300 epochs {300 * median[name]:.0f} s)")
+    print(f"former / current time per epoch: {median['former'] / median['current']:.2f} "
+          f"({args.threads} threads, {args.device}, {data.n_cells} cells)")
+
+
+if __name__ == "__main__":
+    main()
