@@ -14,8 +14,8 @@ from .targets import (PrecisionRecallF1, latent_signs, match_latents, permute_ta
 
 __all__ = [
     "correlation_matrix", "linear_r2", "mean_correlation_coefficient",
-    "latent_signs", "match_latents", "permute_targets", "target_precision_recall_f1", "target_auroc",
-    "target_average_precision", "PrecisionRecallF1",
+    "latent_signs", "match_latents", "permute_targets", "target_precision_recall_f1",
+    "target_auroc", "target_average_precision", "PrecisionRecallF1",
     "normalized_mutual_information", "adjusted_rand_index", "kmeans", "cluster_agreement",
     "ClusterAgreement",
     "hsic", "hsic_test", "conditional_independence_test", "gaussian_kernel", "median_bandwidth",

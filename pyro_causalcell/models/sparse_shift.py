@@ -151,14 +151,11 @@ class SparseShiftVAE(VAE):
         perturbation = data.perturbation.index_select(0, train_index.to(data.device))
         counts = perturbation.sum(-1)
         self.shifts.max_active = int(counts.max()) if len(counts) else 1
-        if self.sparsity_weight == "auto" and self.sparsity in AUTO_SPARSITY:
-            self._set_sparsity_weight(AUTO_SPARSITY[self.sparsity]
-                                      * median_cells_per_perturbation(perturbation))
-
-    def _set_sparsity_weight(self, weight: float) -> None:
-        weight = round(float(weight), 4)
-        self.sparsity_weight = self.shifts.sparsity_weight = weight
-        self.init_args["sparsity_weight"] = weight
+        median = median_cells_per_perturbation(perturbation)
+        if self.sparsity_weight == "auto" and self.sparsity in AUTO_SPARSITY and median > 0:
+            weight = round(AUTO_SPARSITY[self.sparsity] * median, 4)
+            self.sparsity_weight = self.shifts.sparsity_weight = weight
+            self.init_args["sparsity_weight"] = weight
 
     @property
     def has_targets(self) -> bool:
@@ -187,7 +184,9 @@ class SparseShiftVAE(VAE):
 
 
 def median_cells_per_perturbation(perturbation: torch.Tensor) -> float:
-    """Median over perturbations (those some cell carries) of their cells.
+    """Median over perturbations (those some cell carries) of their cells; 0 without any.
+
+    The mean of the two middle values for an even number of perturbations, as ``np.median``.
 
     Parameters
     ----------
@@ -196,7 +195,7 @@ def median_cells_per_perturbation(perturbation: torch.Tensor) -> float:
     """
     cells = (perturbation > 0).sum(0)
     cells = cells[cells > 0].double()
-    return float(cells.median()) if len(cells) else 0.0
+    return float(cells.quantile(0.5)) if len(cells) else 0.0
 
 
 def _table(name: str) -> property:

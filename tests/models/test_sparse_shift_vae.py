@@ -126,6 +126,16 @@ def test_auto_sparsity_weight_follows_the_training_cells_per_perturbation(sim, t
     assert model.shifts.sparsity_weight == model.sparsity_weight
     assert model.init_args["sparsity_weight"] == model.sparsity_weight
 
+    # an even number of perturbations takes the mean of the middle two; no perturbed training
+    # cell leaves "auto" unset (a weight of 0 would be no prior at all)
+    from pyro_causalcell.models.sparse_shift import median_cells_per_perturbation
+    assert median_cells_per_perturbation(torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0],
+                                                       [1, 1, 1, 0], [1, 1, 1, 1]])) == 2.5
+    controls = torch.from_numpy(np.flatnonzero(adata.obs["perturbation"] == "control"))
+    untouched = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity=sparsity)
+    untouched.prepare_fit(data, controls)
+    assert untouched.sparsity_weight == "auto" and untouched.shifts.sparsity_weight == 50.0
+
     # fit sets it from its own training split (40 cells per perturbation, a quarter held
     # out for validation), once; the value is saved with the model
     model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=16, sparsity=sparsity)
