@@ -28,6 +28,8 @@ def test_quick_sweep_writes_one_row_per_fit_and_resumes(sweep, tmp_path, monkeyp
     assert sorted(zip(runs["seed"], runs["model"])) == [(1, "VAE"), (1, "sVAE+"),
                                                         (2, "VAE"), (2, "sVAE+")]
     assert runs["mcc_pearson"].between(0, 1).all() and runs["fit_seconds"].gt(0).all()
+    # the quick settings' epochs, and the "auto" batch size recorded with each fit
+    assert runs["max_epochs"].eq(4).all() and runs["batch_size"].isin([64, 128, 256]).all()
     text = table.read_text()
     assert text.startswith(".. list-table::") and text.count("   * - controls_pairs") == 2
 

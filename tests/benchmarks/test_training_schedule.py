@@ -1,0 +1,36 @@
+"""The sparse-shift benchmark's "auto" epochs and batch size."""
+
+import pytest
+
+from pyro_causalcell.benchmarks.sparse_shift import (SparseShiftBenchmark, auto_batch_size,
+                                                     auto_max_epochs)
+
+
+@pytest.mark.parametrize("n_cells, epochs, batch", [
+    (20_000, 300, 256),   # the study's design: 80 x 250 training cells
+    (16_000, 300, 256),   # 200 x 80 cells, 80% for training
+    (10_001, 300, 256),   # just enough for 300 epochs
+    (9_000, 334, 256),    # ceil(3e6 / 9000)
+    (4_000, 750, 128),    # 40 x 100 cells: 31 minibatches of 128, 15 of 256
+    (6_399, 469, 128),    # 24.996 minibatches of 256: too few
+    (6_400, 469, 256),    # exactly 25
+    (1_000, 3_000, 64),   # fewer than 25 minibatches of every size: the smallest
+])
+def test_auto_rules_follow_the_number_of_cells(n_cells, epochs, batch):
+    assert auto_max_epochs(n_cells) == epochs
+    assert auto_batch_size(n_cells) == batch
+
+
+def test_schedule_resolves_auto_and_keeps_given_values():
+    assert SparseShiftBenchmark().training_schedule(4_000) == (750, 128)
+    assert SparseShiftBenchmark(max_epochs=40).training_schedule(4_000) == (40, 128)
+    assert SparseShiftBenchmark(batch_size=512).training_schedule(4_000) == (750, 512)
+    assert SparseShiftBenchmark(max_epochs=7, batch_size=32).training_schedule(20_000) == (7, 32)
+
+
+@pytest.mark.parametrize("setting", [dict(max_epochs="many"), dict(batch_size=0),
+                                     dict(max_epochs=2.5)])
+def test_bad_schedule_is_named(setting):
+    (name, value), = setting.items()
+    with pytest.raises(ValueError, match=f"{name}={value!r}; give a positive integer or \"auto\""):
+        SparseShiftBenchmark(**setting).training_schedule(4_000)
