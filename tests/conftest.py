@@ -127,8 +127,6 @@ def unseen_pair():
     same noise: log fold change of mean expression per library size); ``lfc``, the function
     that computed it (:func:`log_fold_change`).
     """
-    import torch
-
     from pyro_causalcell.simulate import factorized
     from pyro_causalcell.simulate._common import trace_with_seed
     from pyro_causalcell.simulate.factorized import FactorizedWorld, factorized_program

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import torch
 import pandas as pd
 import pytest
 
-from pyro_causalcell import VAE, CellData, latent, load
+from pyro_causalcell import CellData, latent, load
 from pyro_causalcell.cli import main
 from pyro_causalcell.simulate import cell_types, factorized, invariant_spurious
 

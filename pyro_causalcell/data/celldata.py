@@ -240,18 +240,18 @@ class CellData:
             raise DataValidationError("control=... was given without perturbation_key; pass the "
                                       "obs column holding perturbations as perturbation_key.")
         categories = {}
-        for field in ("domain", "label"):
-            key = keys[f"{field}_key"]
+        for name in ("domain", "label"):
+            key = keys[f"{name}_key"]
             if key is None:
-                categories[field] = ()
+                categories[name] = ()
                 continue
-            if field in unknown:
-                categories[field] = getattr(schema, f"{field}s")
+            if name in unknown:
+                categories[name] = getattr(schema, f"{name}s")
                 continue
-            values = obs_column(obs, key, f"{field}_key").to_numpy()
-            known = getattr(schema, f"{field}s") if schema is not None else None
-            fields[field], categories[field] = encode_categories(values, known, key,
-                                                                 f"{field}_key")
+            values = obs_column(obs, key, f"{name}_key").to_numpy()
+            known = getattr(schema, f"{name}s") if schema is not None else None
+            fields[name], categories[name] = encode_categories(values, known, key,
+                                                               f"{name}_key")
         covariates, fields["covariates"] = encode_covariates(
             obs, keys["categorical_covariate_keys"], keys["continuous_covariate_keys"], schema,
             unknown)

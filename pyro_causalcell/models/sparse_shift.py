@@ -31,7 +31,6 @@ import uuid
 
 import numpy as np
 import pandas as pd
-import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
