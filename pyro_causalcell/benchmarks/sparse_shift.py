@@ -106,12 +106,14 @@ class SparseShiftBenchmark:
     true_targets: np.ndarray | None = field(default=None, repr=False)
     """Filled by :meth:`run`: the simulation's ``(P, K)`` boolean target graph."""
 
-    def training_schedule(self, n_cells: int) -> tuple[int, int]:
-        """``(max_epochs, batch_size)`` of a fit on ``n_cells`` cells ("auto" resolved)."""
-        for name in ("max_epochs", "batch_size"):
+    def __post_init__(self):
+        for name in ("max_epochs", "batch_size"):  # before any simulation or fit
             value = getattr(self, name)
             if value != "auto" and not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name}={value!r}; give a positive integer or \"auto\"")
+
+    def training_schedule(self, n_cells: int) -> tuple[int, int]:
+        """``(max_epochs, batch_size)`` of a fit on ``n_cells`` cells ("auto" resolved)."""
         epochs = auto_max_epochs(n_cells) if self.max_epochs == "auto" else self.max_epochs
         batch = auto_batch_size(n_cells) if self.batch_size == "auto" else self.batch_size
         return int(epochs), int(batch)
@@ -131,11 +133,12 @@ class SparseShiftBenchmark:
         train, held = self.simulate()
         self.true_targets = np.asarray(train.uns["true_targets"], dtype=bool)
         data = CellData.from_anndata(train, perturbation_key="perturbation")
+        schedule = self.training_schedule(data.n_cells)
         rows = []
         for name in self.models:
-            epochs, batch = self.training_schedule(data.n_cells)
-            log(f"{name}: fitting {epochs} epochs of batch {batch} on {data.n_cells} cells")
-            row, fitted = self._run_one(name, data, train, held)
+            log(f"{name}: fitting {schedule[0]} epochs of batch {schedule[1]} on "
+                f"{data.n_cells} cells")
+            row, fitted = self._run_one(name, data, train, held, schedule)
             self.fitted[name] = fitted
             rows.append(row)
             log("  " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()
@@ -143,11 +146,12 @@ class SparseShiftBenchmark:
         return pd.DataFrame(rows).set_index("model")
 
     # ------------------------------------------------------------------ one model
-    def _run_one(self, name: str, data: CellData, train: ad.AnnData, held: ad.AnnData):
+    def _run_one(self, name: str, data: CellData, train: ad.AnnData, held: ad.AnnData,
+                 schedule: tuple[int, int]):
         torch.manual_seed(self.seed)
         model = SparseShiftVAE(data.schema, n_latent=self.n_latent, n_hidden=self.n_hidden,
                                n_layers=self.n_layers, **MODELS[name])
-        epochs, batch = self.training_schedule(data.n_cells)
+        epochs, batch = schedule
         start = time.perf_counter()
         fit(model, data, max_epochs=epochs, batch_size=batch, lr=self.lr,
             kl_warmup_epochs=self.kl_warmup_epochs, device=self.device, seed=self.seed,

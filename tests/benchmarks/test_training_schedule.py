@@ -30,7 +30,7 @@ def test_schedule_resolves_auto_and_keeps_given_values():
 
 @pytest.mark.parametrize("setting", [dict(max_epochs="many"), dict(batch_size=0),
                                      dict(max_epochs=2.5)])
-def test_bad_schedule_is_named(setting):
+def test_bad_schedule_is_named_when_the_benchmark_is_made(setting):
     (name, value), = setting.items()
     with pytest.raises(ValueError, match=f"{name}={value!r}; give a positive integer or \"auto\""):
-        SparseShiftBenchmark(**setting).training_schedule(4_000)
+        SparseShiftBenchmark(**setting)  # before simulating or fitting anything
