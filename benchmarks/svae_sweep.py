@@ -5,7 +5,9 @@ sweep runs :class:`~pyro_causalcell.benchmarks.sparse_shift.SparseShiftBenchmark
 protocol: fit on 80% of the perturbations, transfer to the other 20%, score latents, targets
 and held-out IWELBO) on four designs, each over seeds that were not used to choose any setting
 (seed 0 was), with the package's defaults and the benchmark's "auto" epochs and batch size
-(300 epochs of 256 cells on every design here but ``small``, which gets 750 of 128):
+(batch 256 and 300 epochs on ``study`` and ``controls_pairs``, 469 on ``nb_genes``; 750 epochs
+of 128 on ``small``: every fit makes the optimiser steps of 300 epochs of 256 on the study's
+20,000 training cells):
 
 ``study``
     15 latents, 100 perturbations x 250 cells, 100 genes (Poisson counts, rates softmaxed over

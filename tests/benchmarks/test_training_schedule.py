@@ -7,24 +7,34 @@ from pyro_causalcell.benchmarks.sparse_shift import (SparseShiftBenchmark, auto_
 
 
 @pytest.mark.parametrize("n_cells, epochs, batch", [
-    (20_000, 300, 256),   # the study's design: 80 x 250 training cells
-    (16_000, 300, 256),   # 200 x 80 cells, 80% for training
-    (10_001, 300, 256),   # just enough for 300 epochs
-    (9_000, 334, 256),    # ceil(3e6 / 9000)
+    (20_000, 300, 256),   # the study's design: 80 x 250 training cells, 78 steps per epoch
+    (30_000, 300, 256),   # more steps per epoch than the study's: still at least 300 epochs
+    (12_800, 469, 256),   # 160 x 80 cells: ceil(23,437.5 * 256 / 12,800)
+    (16_000, 375, 256),
     (4_000, 750, 128),    # 40 x 100 cells: 31 minibatches of 128, 15 of 256
     (6_399, 469, 128),    # 24.996 minibatches of 256: too few
-    (6_400, 469, 256),    # exactly 25
-    (1_000, 3_000, 64),   # fewer than 25 minibatches of every size: the smallest
+    (6_400, 938, 256),    # exactly 25
+    (1_000, 1_500, 64),   # fewer than 25 minibatches of every size: the smallest
 ])
 def test_auto_rules_follow_the_number_of_cells(n_cells, epochs, batch):
-    assert auto_max_epochs(n_cells) == epochs
     assert auto_batch_size(n_cells) == batch
+    assert auto_max_epochs(n_cells, batch) == epochs
+
+
+@pytest.mark.parametrize("n_cells, batch", [(20_000, 256), (4_000, 128), (12_800, 256),
+                                            (1_000, 64), (777, 64)])
+def test_auto_epochs_make_at_least_the_study_schedules_steps(n_cells, batch):
+    epochs = auto_max_epochs(n_cells, batch)
+    steps = epochs * n_cells / batch
+    assert steps >= 300 * 20_000 / 256 - 1e-9
+    assert epochs == 300 or (epochs - 1) * n_cells / batch < 300 * 20_000 / 256
 
 
 def test_schedule_resolves_auto_and_keeps_given_values():
     assert SparseShiftBenchmark().training_schedule(4_000) == (750, 128)
     assert SparseShiftBenchmark(max_epochs=40).training_schedule(4_000) == (40, 128)
-    assert SparseShiftBenchmark(batch_size=512).training_schedule(4_000) == (750, 512)
+    # given batch, "auto" epochs: the steps of the study's schedule at that batch
+    assert SparseShiftBenchmark(batch_size=512).training_schedule(4_000) == (3_000, 512)
     assert SparseShiftBenchmark(max_epochs=7, batch_size=32).training_schedule(20_000) == (7, 32)
 
 
