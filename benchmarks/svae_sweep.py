@@ -64,19 +64,28 @@ QUICK_SIMULATION = dict(n_control_cells=100, n_combinations=5)
 METRICS = (("mcc_pearson", "MCC"), ("target_f1_abs", "F1 (abs)"), ("target_f1", "F1 (signed)"),
            ("target_auroc_abs", "AUROC (abs)"), ("target_auroc", "AUROC (signed)"),
            ("heldout_iwelbo", "held-out IWELBO"), ("fit_seconds", "fit s"))
-KEYS = ["design", "seed", "model"]
+KEYS = ["design", "seed", "model", "restarts"]
+
+
+def read_runs(path: Path) -> pd.DataFrame:
+    """The rows of ``runs.csv`` (rows written before restarts existed were single fits)."""
+    runs = pd.read_csv(path)
+    runs["restarts"] = runs.get("restarts", pd.Series(1, index=runs.index)).fillna(1)
+    runs["restarts"] = runs["restarts"].astype(int)
+    return runs
 
 
 def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: str = "auto",
-              log=print) -> pd.DataFrame:
-    """Fit every (design, seed, model) not yet in ``out/runs.csv``; returns all rows."""
+              restarts: int = 1, log=print) -> pd.DataFrame:
+    """Fit every (design, seed, model, restarts) not yet in ``out/runs.csv``; returns all
+    rows."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.csv"
-    runs = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=KEYS)
+    runs = read_runs(path) if path.exists() else pd.DataFrame(columns=KEYS)
     done = set(map(tuple, runs[KEYS].astype(str).to_numpy()))
     for design in designs:
         for seed in seeds:
-            todo = [m for m in models if (design, str(seed), m) not in done]
+            todo = [m for m in models if (design, str(seed), m, str(restarts)) not in done]
             if not todo:
                 continue
             settings = {**DESIGNS[design], **(QUICK if quick else {})}
@@ -84,7 +93,8 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
                 settings["simulation"] = {k: QUICK_SIMULATION.get(k, v)
                                           for k, v in settings.get("simulation", {}).items()}
             log(f"{design}, seed {seed}: {', '.join(todo)}")
-            benchmark = SparseShiftBenchmark(models=todo, seed=seed, device=device, **settings)
+            benchmark = SparseShiftBenchmark(models=todo, seed=seed, device=device,
+                                             restarts=restarts, **settings)
             table = benchmark.run(log=lambda line: log("  " + line))
             rows = table.reset_index().assign(design=design, seed=seed)
             runs = pd.concat([runs, rows[KEYS + [c for c in rows if c not in KEYS]]],
@@ -94,7 +104,10 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, min and max over seeds of each metric, one row per (design, model)."""
+    """Mean, min and max over seeds of each metric, one row per (design, model, restarts);
+    a model fitted with restarts is named "<model>, best of <restarts>"."""
+    runs = runs.assign(model=[m if r == 1 else f"{m}, best of {r}"
+                              for m, r in zip(runs["model"], runs["restarts"])])
     grouped = runs.groupby(["design", "model"], sort=False)
     parts = {}
     for column, _ in METRICS:
@@ -145,6 +158,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a small design with a few epochs, to check the set-up")
     parser.add_argument("--device", default="auto", help="default: %(default)s")
+    parser.add_argument("--restarts", type=int, default=1,
+                        help="fits per model, the best validation ELBO kept "
+                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="default: %(default)s")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -158,16 +174,17 @@ def main(argv=None) -> int:
         path = args.out / "runs.csv"
         if not path.exists():
             raise SystemExit(f"--report-only: {path} does not exist; run the sweep first")
-        runs = pd.read_csv(path)
+        runs = read_runs(path)
     else:
         runs = run_sweep(args.out, designs, seeds, models, quick=args.quick,
-                         device=args.device,
+                         device=args.device, restarts=args.restarts,
                          log=lambda line: print(line, file=sys.stderr, flush=True))
     runs = runs[runs["design"].isin(designs) & runs["model"].isin(models)
                 & runs["seed"].astype(int).isin(seeds)]
-    runs = runs.sort_values(["design", "model", "seed"], kind="stable", key=lambda column: (
+    runs = runs.sort_values(["design", "model", "restarts", "seed"], kind="stable",
+                            key=lambda column: (
         column.map({name: i for i, name in enumerate(designs + models)})
-        if column.name != "seed" else column.astype(int)))
+        if column.name in ("design", "model") else column.astype(int)))
     table = rst_table(summarise(runs))
     print(table)
     if args.table:

@@ -49,15 +49,43 @@ def test_quick_sweep_writes_one_row_per_fit_and_resumes(sweep, tmp_path, monkeyp
         sweep.main(["--out", str(tmp_path / "empty"), "--report-only"])
 
 
+def test_restarted_fits_are_rows_of_their_own(sweep, tmp_path):
+    args = ["--out", str(tmp_path), "--quick", "--designs", "small", "--seeds", "1",
+            "--models", "sVAE+", "--threads", "1"]
+    assert sweep.main(args) == 0
+    assert sweep.main(args + ["--restarts", "2"]) == 0
+    runs = sweep.read_runs(tmp_path / "runs.csv").set_index("restarts")
+    assert runs.loc[1, "restart_mccs"] != runs.loc[1, "restart_mccs"]  # NaN: one fit
+    scores = [float(x) for x in runs.loc[2, "restart_validation_elbos"].split(";")]
+    mccs = [float(x) for x in runs.loc[2, "restart_mccs"].split(";")]
+    kept = int(runs.loc[2, "kept_restart"])
+    assert len(scores) == len(mccs) == 2 and kept == scores.index(max(scores))
+    assert runs.loc[2, "mcc_pearson"] == pytest.approx(mccs[kept], abs=1e-3)
+    # restart 0 is the single fit: same seeds, same validation ELBO
+    assert scores[0] == pytest.approx(runs.loc[1, "validation_elbo"], abs=2e-3)
+
+
 def test_summary_reports_mean_and_range_over_seeds(sweep):
-    runs = pd.DataFrame({"design": ["small"] * 3, "model": ["sVAE+"] * 3, "seed": [3, 1, 2],
-                         **{column: [0.8, 0.9, 1.0] for column, _ in sweep.METRICS}})
+    runs = pd.DataFrame({"design": ["small"] * 5, "model": ["sVAE+"] * 5,
+                         "seed": [3, 1, 2, 1, 2], "restarts": [1, 1, 1, 3, 3],
+                         **{column: [0.8, 0.9, 1.0, 0.5, 0.6] for column, _ in sweep.METRICS}})
     summary = sweep.summarise(runs)
     row = summary.loc[("small", "sVAE+")]
     assert row[("mcc_pearson", "mean")] == pytest.approx(0.9)
     assert (row[("mcc_pearson", "min")], row[("mcc_pearson", "max")]) == (0.8, 1.0)
     assert row[("seeds", "list")] == "1,2,3"
-    assert "     - 0.900 [0.800, 1.000]" in sweep.rst_table(summary)
+    restarted = summary.loc[("small", "sVAE+, best of 3")]  # fits with restarts apart
+    assert row[("seeds", "list")] == "1,2,3" and restarted[("seeds", "list")] == "1,2"
+    assert restarted[("mcc_pearson", "mean")] == pytest.approx(0.55)
+    table = sweep.rst_table(summary)
+    assert "     - 0.900 [0.800, 1.000]" in table and "     - sVAE+, best of 3" in table
+
+
+def test_rows_written_before_restarts_read_as_single_fits(sweep, tmp_path):
+    path = tmp_path / "runs.csv"
+    pd.DataFrame({"design": ["small"], "seed": [1], "model": ["VAE"],
+                  "mcc_pearson": [0.5]}).to_csv(path, index=False)
+    assert sweep.read_runs(path)["restarts"].tolist() == [1]
 
 
 def test_unknown_design_is_named(sweep, tmp_path):
