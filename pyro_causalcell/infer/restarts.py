@@ -63,8 +63,8 @@ def fit_restarts(make_model: Callable[[], torch.nn.Module], data: CellData,
     Every fit has the same training / validation split and minibatch order (``fit``'s
     ``seed``); restart ``r`` differs in its initial parameters, drawn after
     ``torch.manual_seed(seed + r)`` (so restart 0 is the fit ``torch.manual_seed(seed)``
-    then ``fit(make_model(), data, seed=seed)`` gives). Fits run one after another and only
-    the best model is kept in memory.
+    then ``fit(make_model(), data, seed=seed)`` gives); the global random generator is left as
+    it was. Fits run one after another and only the best model is kept in memory.
 
     Parameters
     ----------
@@ -98,8 +98,9 @@ def fit_restarts(make_model: Callable[[], torch.nn.Module], data: CellData,
                          "overwrite it): checkpoint single fits with fit(..., checkpoint=...)")
     best, restarts = None, []
     for r in range(n_restarts):
-        torch.manual_seed(seed + r)
-        model = make_model()
+        with torch.random.fork_rng(devices=[]):  # the caller's generator is left alone
+            torch.manual_seed(seed + r)
+            model = make_model()
         history = fit(model, data, seed=seed, **fit_kwargs)
         restarts.append(Restart(seed + r, restart_score(history), history))
         if after_fit is not None:

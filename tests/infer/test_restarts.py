@@ -44,7 +44,11 @@ def test_the_kept_model_is_the_restart_with_the_best_validation_elbo(sim_data):
 
 
 def test_one_restart_is_an_ordinary_fit(sim_data):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     model, (only,) = fit_restarts(make_vae(sim_data.schema), sim_data, 1, seed=2, **SETTINGS)
+    torch.testing.assert_close(torch.rand(3), expected)  # the global generator left alone
     torch.manual_seed(2)
     plain = make_vae(sim_data.schema)()
     history = fit(plain, sim_data, seed=2, **SETTINGS)
