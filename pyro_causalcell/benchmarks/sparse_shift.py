@@ -180,7 +180,7 @@ class SparseShiftBenchmark:
         model, restarts = fit_restarts(
             make_model, data, self.restarts, max_epochs=epochs, batch_size=batch, lr=self.lr,
             kl_warmup_epochs=self.kl_warmup_epochs, device=self.device, seed=self.seed,
-            progress=self.progress, after_fit=score_restart if self.restarts > 1 else None)
+            progress=self.progress, after_fit=score_restart)
         fit_seconds = time.perf_counter() - start - scoring[0]
         z_train = latent(model, data)
 
