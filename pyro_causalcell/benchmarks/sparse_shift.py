@@ -24,6 +24,7 @@ import torch
 
 from ..data import CellData
 from ..infer import fit_restarts, latent, mean_importance_weighted_elbo, transfer
+from ..infer.restarts import check_n_restarts
 from ..metrics import (latent_signs, linear_r2, match_latents, mean_correlation_coefficient,
                        target_auroc, target_precision_recall_f1)
 from ..models import SparseShiftVAE, target_probabilities
@@ -122,9 +123,7 @@ class SparseShiftBenchmark:
             value = getattr(self, name)
             if value != "auto" and not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name}={value!r}; give a positive integer or \"auto\"")
-        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) \
-                or self.restarts < 1:
-            raise ValueError(f"restarts={self.restarts!r}; give a positive integer")
+        check_n_restarts(self.restarts, "restarts")
 
     def training_schedule(self, n_cells: int) -> tuple[int, int]:
         """``(max_epochs, batch_size)`` of a fit on ``n_cells`` cells ("auto" resolved)."""
@@ -168,21 +167,15 @@ class SparseShiftBenchmark:
                                   n_layers=self.n_layers, **MODELS[name])
 
         z_true = np.asarray(train.obsm["z_true"])
-        restart_mcc, scoring = [], [0.0]  # every restart's MCC: does the ELBO pick the best?
-
-        def score_restart(model, restart):
-            begin = time.perf_counter()
-            restart_mcc.append(mean_correlation_coefficient(z_true, latent(model, data)))
-            scoring[0] += time.perf_counter() - begin
-
+        latents = []  # every restart's training latents: does the ELBO pick the best MCC?
         epochs, batch = schedule
-        start = time.perf_counter()
         model, restarts = fit_restarts(
             make_model, data, self.restarts, max_epochs=epochs, batch_size=batch, lr=self.lr,
             kl_warmup_epochs=self.kl_warmup_epochs, device=self.device, seed=self.seed,
-            progress=self.progress, after_fit=score_restart)
-        fit_seconds = time.perf_counter() - start - scoring[0]
-        z_train = latent(model, data)
+            progress=self.progress,
+            after_fit=lambda fitted, _: latents.append(latent(fitted, data)))
+        kept = next(i for i, r in enumerate(restarts) if r.kept)
+        z_train = latents[kept]
 
         start = time.perf_counter()
         held_names = list(held.uns["held_out_perturbations"])
@@ -226,11 +219,11 @@ class SparseShiftBenchmark:
         weight = model.sparsity_weight if model.sparsity in ("svae", "svae+") else np.nan
         row.update(heldout_iwelbo=iwelbo, sparsity_weight=float(weight), max_epochs=epochs,
                    batch_size=batch, restarts=self.restarts,
-                   kept_restart=next(i for i, r in enumerate(restarts) if r.kept),
-                   validation_elbo=next(r.score for r in restarts if r.kept),
+                   kept_restart=kept, validation_elbo=restarts[kept].score,
                    restart_validation_elbos=";".join(f"{r.score:.3f}" for r in restarts),
-                   restart_mccs=";".join(f"{m:.3f}" for m in restart_mcc),
-                   fit_seconds=fit_seconds,
+                   restart_mccs=";".join(f"{mean_correlation_coefficient(z_true, z):.3f}"
+                                         for z in latents),
+                   fit_seconds=sum(r.seconds for r in restarts),
                    transfer_seconds=transfer_seconds)
         return row, {"model": final, "latent": z_train, "assignment": assignment,
                      "scores": pd.DataFrame(scores[order], index=train.uns["perturbation_names"])}

@@ -8,6 +8,7 @@ initialisation; the held-out ELBO tells the fits apart without any ground truth.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ class Restart:
     score : float
         Per-cell validation ELBO that ranked the fits (see :func:`restart_score`).
     history : TrainingHistory
+    seconds : float
+        Wall-clock seconds of this fit (``after_fit`` not included).
     kept : bool
         This fit's model is the one returned.
     """
@@ -39,7 +42,14 @@ class Restart:
     init_seed: int
     score: float
     history: TrainingHistory
+    seconds: float = 0.0
     kept: bool = False
+
+
+def check_n_restarts(n_restarts, name: str = "n_restarts") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``n_restarts`` is a positive integer."""
+    if isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n_restarts!r}")
 
 
 def restart_score(history: TrainingHistory) -> float:
@@ -88,8 +98,7 @@ def fit_restarts(make_model: Callable[[], torch.nn.Module], data: CellData,
     restarts : list of Restart
         Every fit in order, the kept one marked.
     """
-    if isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1:
-        raise ValueError(f"n_restarts must be a positive integer, got {n_restarts!r}")
+    check_n_restarts(n_restarts)
     if fit_kwargs.get("validation_fraction", 0.1) <= 0.0 and n_restarts > 1:
         raise ValueError("fit_restarts ranks fits by their validation ELBO: set "
                          "validation_fraction > 0")
@@ -101,8 +110,10 @@ def fit_restarts(make_model: Callable[[], torch.nn.Module], data: CellData,
         with torch.random.fork_rng(devices=[]):  # the caller's generator is left alone
             torch.manual_seed(seed + r)
             model = make_model()
+        start = time.perf_counter()
         history = fit(model, data, seed=seed, **fit_kwargs)
-        restarts.append(Restart(seed + r, restart_score(history), history))
+        restarts.append(Restart(seed + r, restart_score(history), history,
+                                seconds=time.perf_counter() - start))
         if after_fit is not None:
             after_fit(model, restarts[-1])
         if best is None or restarts[-1].score > best[1].score:  # ties: the earlier fit

@@ -44,3 +44,9 @@ def test_bad_schedule_is_named_when_the_benchmark_is_made(setting):
     (name, value), = setting.items()
     with pytest.raises(ValueError, match=f"{name}={value!r}; give a positive integer or \"auto\""):
         SparseShiftBenchmark(**setting)  # before simulating or fitting anything
+
+
+@pytest.mark.parametrize("restarts", [0, True, 2.0])
+def test_bad_restarts_are_named_when_the_benchmark_is_made(restarts):
+    with pytest.raises(ValueError, match=f"restarts must be a positive integer, got {restarts!r}"):
+        SparseShiftBenchmark(restarts=restarts)

@@ -34,6 +34,7 @@ def test_the_kept_model_is_the_restart_with_the_best_validation_elbo(sim_data):
         assert r.score == pytest.approx(sum(r.history.validation_elbo[-5:]) /
                                         len(r.history.validation_elbo[-5:]))
     assert len({r.score for r in restarts}) == 3  # the initialisations differ
+    assert all(r.seconds > 0 for r in restarts)
     # the kept model is that restart's fit, reproduced by hand with its init seed
     torch.manual_seed(kept.init_seed)
     again = make_vae(sim_data.schema)()
