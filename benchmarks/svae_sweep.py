@@ -20,6 +20,11 @@ of 128 on ``small``: every fit makes the optimiser steps of 300 epochs of 256 on
 ``controls_pairs``
     the study's design plus 2,000 control cells and 50 pairwise combinations of 250 cells.
 
+With each design and seed the sweep also records the **ceiling** (a pseudo-model, default on):
+a network trained with the true latents as labels on 70% of the training cells, scored on 15%
+it never saw (:func:`~pyro_causalcell.benchmarks.supervised_ceiling`); its mean correlation
+over latents stands in the MCC column, the most that the counts of that design allow.
+
 Every fit is appended to ``<out>/runs.csv`` as soon as it ends, and a run that finds a row
 already there skips it, so an interrupted sweep resumes. The summary (mean and range over
 seeds) is printed and written as an reStructuredText table with ``--table``::
@@ -34,11 +39,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from pyro_causalcell.benchmarks import supervised_ceiling
 from pyro_causalcell.benchmarks.sparse_shift import MODELS, SparseShiftBenchmark
 
 #: design name -> SparseShiftBenchmark settings (n_held_out: 20% of the perturbations)
@@ -65,6 +72,9 @@ METRICS = (("mcc_pearson", "MCC"), ("target_f1_abs", "F1 (abs)"), ("target_f1", 
            ("target_auroc_abs", "AUROC (abs)"), ("target_auroc", "AUROC (signed)"),
            ("heldout_iwelbo", "held-out IWELBO"), ("fit_seconds", "fit s"))
 KEYS = ["design", "seed", "model", "restarts"]
+#: pseudo-model: a network trained on the true latents (:func:`supervised_ceiling`), the MCC
+#: that the counts allow at best
+CEILING = "ceiling"
 
 
 def read_runs(path: Path) -> pd.DataFrame:
@@ -78,14 +88,15 @@ def read_runs(path: Path) -> pd.DataFrame:
 def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: str = "auto",
               restarts: int = 1, log=print) -> pd.DataFrame:
     """Fit every (design, seed, model, restarts) not yet in ``out/runs.csv``; returns all
-    rows."""
+    rows. The pseudo-model :data:`CEILING` is one row per (design, seed), restarts 1."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.csv"
     runs = read_runs(path) if path.exists() else pd.DataFrame(columns=KEYS)
     done = set(map(tuple, runs[KEYS].astype(str).to_numpy()))
     for design in designs:
         for seed in seeds:
-            todo = [m for m in models if (design, str(seed), m, str(restarts)) not in done]
+            todo = [m for m in models if (design, str(seed), m,
+                                          "1" if m == CEILING else str(restarts)) not in done]
             if not todo:
                 continue
             settings = {**DESIGNS[design], **(QUICK if quick else {})}
@@ -93,14 +104,30 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
                 settings["simulation"] = {k: QUICK_SIMULATION.get(k, v)
                                           for k, v in settings.get("simulation", {}).items()}
             log(f"{design}, seed {seed}: {', '.join(todo)}")
-            benchmark = SparseShiftBenchmark(models=todo, seed=seed, device=device,
-                                             restarts=restarts, **settings)
-            table = benchmark.run(log=lambda line: log("  " + line))
-            rows = table.reset_index().assign(design=design, seed=seed)
+            benchmark = SparseShiftBenchmark(models=[m for m in todo if m != CEILING],
+                                             seed=seed, device=device, restarts=restarts,
+                                             **settings)
+            tables = [ceiling_row(benchmark, epochs=5 if quick else 100)] \
+                if CEILING in todo else []
+            if benchmark.models:
+                tables.append(benchmark.run(log=lambda line: log("  " + line)).reset_index())
+            rows = pd.concat(tables, ignore_index=True).assign(design=design, seed=seed)
             runs = pd.concat([runs, rows[KEYS + [c for c in rows if c not in KEYS]]],
                              ignore_index=True)
             runs.to_csv(path, index=False)
     return runs
+
+
+def ceiling_row(benchmark: SparseShiftBenchmark, epochs: int) -> pd.DataFrame:
+    """The :data:`CEILING` row of a design and seed: the mean (``mcc_pearson``) and least
+    (``ceiling_min``) per-latent correlation of :func:`supervised_ceiling` on the training
+    cells, and its seconds."""
+    train, _ = benchmark.simulate()
+    start = time.perf_counter()
+    r = supervised_ceiling(train.X, train.obsm["z_true"], epochs=epochs, seed=benchmark.seed)
+    return pd.DataFrame([{"model": CEILING, "restarts": 1, "mcc_pearson": float(r.mean()),
+                          "ceiling_min": float(r.min()),
+                          "fit_seconds": time.perf_counter() - start}])
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -108,6 +135,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     a model fitted with restarts is named "<model>, best of <restarts>"."""
     runs = runs.assign(model=[m if r == 1 else f"{m}, best of {r}"
                               for m, r in zip(runs["model"], runs["restarts"])])
+    runs = runs.reindex(columns=[*runs, *(c for c, _ in METRICS if c not in runs)])  # NaN
     grouped = runs.groupby(["design", "model"], sort=False)
     parts = {}
     for column, _ in METRICS:
@@ -151,7 +179,9 @@ def main(argv=None) -> int:
                         help="folder of runs.csv (default: %(default)s)")
     parser.add_argument("--designs", default=",".join(DESIGNS), help="default: %(default)s")
     parser.add_argument("--seeds", default="1,2,3", help="default: %(default)s")
-    parser.add_argument("--models", default="VAE,iVAE,sVAE+", help="default: %(default)s")
+    parser.add_argument("--models", default=f"VAE,iVAE,sVAE+,{CEILING}",
+                        help=f"default: %(default)s ({CEILING}: a supervised network's "
+                             "correlation with the true latents)")
     parser.add_argument("--table", type=Path, help="write the summary here (.rst)")
     parser.add_argument("--report-only", action="store_true",
                         help="fit nothing: summarise the rows already in runs.csv")
@@ -165,7 +195,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     designs = _names(args.designs, DESIGNS, "designs")
-    models = _names(args.models, MODELS, "models")
+    models = _names(args.models, [*MODELS, CEILING], "models")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

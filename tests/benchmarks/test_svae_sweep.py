@@ -92,3 +92,17 @@ def test_rows_written_before_restarts_read_as_single_fits(sweep, tmp_path):
 def test_unknown_design_is_named(sweep, tmp_path):
     with pytest.raises(SystemExit, match=r"--designs: unknown \['huge'\]; choose among study"):
         sweep.main(["--out", str(tmp_path), "--designs", "huge"])
+
+
+def test_the_ceiling_is_one_row_per_design_and_seed(sweep, tmp_path):
+    args = ["--out", str(tmp_path), "--quick", "--designs", "small", "--seeds", "1",
+            "--models", "ceiling", "--threads", "1"]
+    assert sweep.main(args) == 0
+    assert sweep.main(args + ["--restarts", "2"]) == 0  # not fitted again for restarts
+    runs = sweep.read_runs(tmp_path / "runs.csv")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert (row["model"], row["restarts"]) == ("ceiling", 1)
+    assert -1.0 <= row["ceiling_min"] <= row["mcc_pearson"] <= 1.0 and row["fit_seconds"] > 0
+    summary = sweep.summarise(runs)
+    assert summary.loc[("small", "ceiling"), ("mcc_pearson", "mean")] == row["mcc_pearson"]
