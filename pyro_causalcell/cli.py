@@ -235,6 +235,9 @@ def _add_benchmark_parser(commands) -> None:
     sparse.add_argument("--batch-size", type=positive_int, default=256, help="default: %(default)s")
     sparse.add_argument("--lr", type=positive_float, default=1e-2, help="default: %(default)s")
     sparse.add_argument("--kl-warmup-epochs", type=non_negative_int, default=50, help="default: %(default)s")
+    sparse.add_argument("--restarts", type=positive_int, default=1,
+                        help="fits of each model from different initial weights; the best "
+                             "validation ELBO is kept (default: %(default)s)")
     sparse.add_argument("--n-importance-samples", type=positive_int, default=100,
                         help="importance samples per held-out cell (default: %(default)s)")
     sparse.add_argument("--quick", action="store_true",
@@ -275,7 +278,7 @@ def run_benchmark(args, out: Path) -> dict:
     settings = dict(models=models,
                     max_epochs=args.max_epochs, transfer_epochs=args.transfer_epochs,
                     batch_size=args.batch_size, lr=args.lr,
-                    kl_warmup_epochs=args.kl_warmup_epochs,
+                    kl_warmup_epochs=args.kl_warmup_epochs, restarts=args.restarts,
                     n_importance_samples=args.n_importance_samples, seed=args.seed,
                     device=args.device, progress=not args.quiet)
     if args.quick:

@@ -260,6 +260,27 @@ def test_benchmark_sparse_shift_writes_its_table(tmp_path):
     assert (out / "table.md").read_text().startswith("| model |")
 
 
+def test_benchmark_restarts_keep_the_best_validation_elbo(tmp_path):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "sparse-shift", "--quick", "--models", "sVAE+", "--restarts", "2",
+                 "--max-epochs", "2", "--transfer-epochs", "1", "--n-importance-samples", "2",
+                 "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 0
+    row = pd.read_csv(out / "table.csv", index_col=0).loc["sVAE+"]
+    scores = [float(x) for x in row["restart_validation_elbos"].split(";")]
+    assert row["restarts"] == 2 and len(scores) == 2
+    assert row["kept_restart"] == scores.index(max(scores))
+    assert json.loads((out / "settings.json").read_text())["restarts"] == 2
+
+
+def test_benchmark_refuses_zero_restarts(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", "sparse-shift", "--quick", "--restarts", "0",
+              "--out", str(tmp_path), "--quiet"])
+    assert info.value.code == 2
+    assert "argument --restarts: must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_benchmark_refuses_an_unknown_model(tmp_path, capsys):
     code = main(["benchmark", "sparse-shift", "--quick", "--models", "VAE,LDA",
                  "--out", str(tmp_path), "--quiet"])
