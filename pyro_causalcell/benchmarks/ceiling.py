@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 import torch
-from torch import nn
+
+from ..nn import MLP
 
 __all__ = ["supervised_ceiling"]
 
@@ -57,9 +58,7 @@ def supervised_ceiling(counts, z_true, *, n_hidden: int = 256, epochs: int = 100
     x, z = (torch.as_tensor(a, dtype=torch.float32) for a in (x, z))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = nn.Sequential(nn.Linear(x.shape[1], n_hidden), nn.ReLU(),
-                            nn.Linear(n_hidden, n_hidden), nn.ReLU(),
-                            nn.Linear(n_hidden, z.shape[1]))
+        net = MLP(x.shape[1], z.shape[1], [n_hidden, n_hidden])
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         best, best_valid = None, -np.inf
         for epoch in range(epochs):
