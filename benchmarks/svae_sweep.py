@@ -25,12 +25,17 @@ a network trained with the true latents as labels on 70% of the training cells, 
 it never saw (:func:`~pyro_causalcell.benchmarks.supervised_ceiling`); its mean correlation
 over latents stands in the MCC column, the most that the counts of that design allow.
 
+``--options`` passes further :class:`~pyro_causalcell.models.SparseShiftVAE` arguments to every
+model (a variant of the defaults); its rows record them and stand apart in the table, as
+``sVAE+ (dropout=0)``.
+
 Every fit is appended to ``<out>/runs.csv`` as soon as it ends, and a run that finds a row
 already there skips it, so an interrupted sweep resumes. The summary (mean and range over
 seeds) is printed and written as an reStructuredText table with ``--table``::
 
     python benchmarks/svae_sweep.py --out sweep --table docs/svae_sweep_table.rst
     python benchmarks/svae_sweep.py --out sweep --designs small --seeds 1 --models sVAE+
+    python benchmarks/svae_sweep.py --out sweep --designs small --models sVAE+ --options dropout=0
     python benchmarks/svae_sweep.py --out sweep --report-only --table t.rst  # no fitting
     python benchmarks/svae_sweep.py --out /tmp/q --quick     # the set-up in about a minute
 """
@@ -38,6 +43,7 @@ seeds) is printed and written as an reStructuredText table with ``--table``::
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import time
 from pathlib import Path
@@ -46,7 +52,8 @@ import pandas as pd
 import torch
 
 from pyro_causalcell.benchmarks import supervised_ceiling
-from pyro_causalcell.benchmarks.sparse_shift import MODELS, SparseShiftBenchmark
+from pyro_causalcell.benchmarks.sparse_shift import (MODELS, SparseShiftBenchmark,
+                                                     format_options)
 
 #: design name -> SparseShiftBenchmark settings (n_held_out: 20% of the perturbations)
 DESIGNS: dict[str, dict] = {
@@ -71,32 +78,38 @@ QUICK_SIMULATION = dict(n_control_cells=100, n_combinations=5)
 METRICS = (("mcc_pearson", "MCC"), ("target_f1_abs", "F1 (abs)"), ("target_f1", "F1 (signed)"),
            ("target_auroc_abs", "AUROC (abs)"), ("target_auroc", "AUROC (signed)"),
            ("heldout_iwelbo", "held-out IWELBO"), ("fit_seconds", "fit s"))
-KEYS = ["design", "seed", "model", "restarts"]
+KEYS = ["design", "seed", "model", "restarts", "options"]
 #: pseudo-model: a network trained on the true latents (:func:`supervised_ceiling`), the MCC
 #: that the counts allow at best
 CEILING = "ceiling"
 
 
 def read_runs(path: Path) -> pd.DataFrame:
-    """The rows of ``runs.csv`` (rows written before restarts existed were single fits)."""
+    """The rows of ``runs.csv`` (rows written before restarts or options existed were single
+    fits with the defaults)."""
     runs = pd.read_csv(path)
     runs["restarts"] = runs.get("restarts", pd.Series(1, index=runs.index)).fillna(1)
     runs["restarts"] = runs["restarts"].astype(int)
+    runs["options"] = runs.get("options", pd.Series("", index=runs.index)).fillna("")
     return runs
 
 
 def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: str = "auto",
-              restarts: int = 1, log=print) -> pd.DataFrame:
-    """Fit every (design, seed, model, restarts) not yet in ``out/runs.csv``; returns all
-    rows. The pseudo-model :data:`CEILING` is one row per (design, seed), restarts 1."""
+              restarts: int = 1, options: dict | None = None, log=print) -> pd.DataFrame:
+    """Fit every (design, seed, model, restarts, options) not yet in ``out/runs.csv``;
+    returns all rows. ``options``: further ``SparseShiftVAE`` arguments of every model
+    (:attr:`SparseShiftBenchmark.model_options`). The pseudo-model :data:`CEILING` is one row
+    per (design, seed), restarts 1 and no options."""
+    options = options or {}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.csv"
     runs = read_runs(path) if path.exists() else pd.DataFrame(columns=KEYS)
     done = set(map(tuple, runs[KEYS].astype(str).to_numpy()))
     for design in designs:
         for seed in seeds:
-            todo = [m for m in models if (design, str(seed), m,
-                                          "1" if m == CEILING else str(restarts)) not in done]
+            todo = [m for m in models if ((design, str(seed), m, "1", "") if m == CEILING else
+                                          (design, str(seed), m, str(restarts),
+                                           format_options(options))) not in done]
             if not todo:
                 continue
             settings = {**DESIGNS[design], **(QUICK if quick else {})}
@@ -106,7 +119,7 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
             log(f"{design}, seed {seed}: {', '.join(todo)}")
             benchmark = SparseShiftBenchmark(models=[m for m in todo if m != CEILING],
                                              seed=seed, device=device, restarts=restarts,
-                                             **settings)
+                                             model_options=options, **settings)
             tables = [ceiling_row(benchmark, epochs=5 if quick else 100)] \
                 if CEILING in todo else []
             if benchmark.models:
@@ -125,16 +138,18 @@ def ceiling_row(benchmark: SparseShiftBenchmark, epochs: int) -> pd.DataFrame:
     train, _ = benchmark.simulate()
     start = time.perf_counter()
     r = supervised_ceiling(train.X, train.obsm["z_true"], epochs=epochs, seed=benchmark.seed)
-    return pd.DataFrame([{"model": CEILING, "restarts": 1, "mcc_pearson": float(r.mean()),
+    return pd.DataFrame([{"model": CEILING, "restarts": 1, "options": "", "mcc_pearson": float(r.mean()),
                           "ceiling_min": float(r.min()),
                           "fit_seconds": time.perf_counter() - start}])
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, min and max over seeds of each metric, one row per (design, model, restarts);
-    a model fitted with restarts is named "<model>, best of <restarts>"."""
-    runs = runs.assign(model=[m if r == 1 else f"{m}, best of {r}"
-                              for m, r in zip(runs["model"], runs["restarts"])])
+    """Mean, min and max over seeds of each metric, one row per (design, model, restarts,
+    options); a model fitted with restarts is named "<model>, best of <restarts>", one with
+    options "<model> (<options>)"."""
+    options = runs.get("options", pd.Series("", index=runs.index)).fillna("")
+    runs = runs.assign(model=[m + (f" ({o})" if o else "") + (f", best of {r}" if r != 1 else "")
+                              for m, r, o in zip(runs["model"], runs["restarts"], options)])
     runs = runs.reindex(columns=[*runs, *(c for c, _ in METRICS if c not in runs)])  # NaN
     grouped = runs.groupby(["design", "model"], sort=False)
     parts = {}
@@ -173,6 +188,20 @@ def _names(text: str, choices, what: str) -> list[str]:
     return names
 
 
+def _options(text: str) -> dict:
+    """``"dropout=0,sparsity_weight=72"`` -> ``{"dropout": 0, "sparsity_weight": 72}``."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not key:
+            raise SystemExit(f"--options: {item!r} is not name=value")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value  # a plain word is a string: norm=layer
+    return options
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("svae_sweep"),
@@ -191,6 +220,9 @@ def main(argv=None) -> int:
     parser.add_argument("--restarts", type=int, default=1,
                         help="fits per model, the best validation ELBO kept "
                              "(default: %(default)s)")
+    parser.add_argument("--options", default="",
+                        help="further SparseShiftVAE arguments of every model, e.g. "
+                             "'dropout=0,sparsity_weight=72'; rows record them")
     parser.add_argument("--threads", type=int, default=2, help="default: %(default)s")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -200,6 +232,7 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"--seeds: give comma-separated integers, got {args.seeds!r}")
+    options = _options(args.options)
     if args.report_only:
         path = args.out / "runs.csv"
         if not path.exists():
@@ -207,14 +240,15 @@ def main(argv=None) -> int:
         runs = read_runs(path)
     else:
         runs = run_sweep(args.out, designs, seeds, models, quick=args.quick,
-                         device=args.device, restarts=args.restarts,
+                         device=args.device, restarts=args.restarts, options=options,
                          log=lambda line: print(line, file=sys.stderr, flush=True))
     runs = runs[runs["design"].isin(designs) & runs["model"].isin(models)
                 & runs["seed"].astype(int).isin(seeds)]
-    runs = runs.sort_values(["design", "model", "restarts", "seed"], kind="stable",
+    runs = runs.sort_values(["design", "model", "options", "restarts", "seed"], kind="stable",
                             key=lambda column: (
         column.map({name: i for i, name in enumerate(designs + models)})
-        if column.name in ("design", "model") else column.astype(int)))
+        if column.name in ("design", "model") else
+        column if column.name == "options" else column.astype(int)))
     table = rst_table(summarise(runs))
     print(table)
     if args.table:

@@ -97,6 +97,10 @@ class SparseShiftBenchmark:
     ``n_combinations``, ``softmax``, ``count_scale``, ``inverse_dispersion`` ...)."""
     n_hidden: int = 128
     n_layers: int = 2
+    model_options: dict = field(default_factory=dict)
+    """Further :class:`~pyro_causalcell.models.SparseShiftVAE` arguments for every model
+    (``dropout=0``, ``sparsity_weight=72`` ...); ``sparsity`` and ``n_latent`` are the
+    benchmark's own."""
     max_epochs: int | str = "auto"
     """``"auto"``: :func:`auto_max_epochs` (300 on the study's design; more on data with fewer
     minibatches per epoch, so that every fit makes as many optimiser steps)."""
@@ -124,6 +128,11 @@ class SparseShiftBenchmark:
             if value != "auto" and not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name}={value!r}; give a positive integer or \"auto\"")
         check_n_restarts(self.restarts, "restarts")
+        owned = sorted(set(self.model_options) & {"sparsity", "n_latent", "n_hidden",
+                                                  "n_layers", "beta"})
+        if owned:
+            raise ValueError(f"model_options may not set {owned}: choose the model with "
+                             "models=[...] and its size with n_latent, n_hidden, n_layers")
 
     def training_schedule(self, n_cells: int) -> tuple[int, int]:
         """``(max_epochs, batch_size)`` of a fit on ``n_cells`` cells ("auto" resolved)."""
@@ -164,7 +173,8 @@ class SparseShiftBenchmark:
                  schedule: tuple[int, int]):
         def make_model():
             return SparseShiftVAE(data.schema, n_latent=self.n_latent, n_hidden=self.n_hidden,
-                                  n_layers=self.n_layers, **MODELS[name])
+                                  n_layers=self.n_layers,
+                                  **{**MODELS[name], **self.model_options})
 
         z_true = np.asarray(train.obsm["z_true"])
         latents = []  # every restart's training latents: does the ELBO pick the best MCC?
@@ -217,7 +227,7 @@ class SparseShiftBenchmark:
                         f"target_auroc{suffix}": target_auroc(truth[rows], scores[order][rows],
                                                               assignment)})
         weight = model.sparsity_weight if model.sparsity in ("svae", "svae+") else np.nan
-        row.update(heldout_iwelbo=iwelbo, sparsity_weight=float(weight), max_epochs=epochs,
+        row.update(options=format_options(self.model_options), heldout_iwelbo=iwelbo, sparsity_weight=float(weight), max_epochs=epochs,
                    batch_size=batch, restarts=self.restarts,
                    kept_restart=kept, validation_elbo=restarts[kept].score,
                    restart_validation_elbos=";".join(f"{r.score:.3f}" for r in restarts),
@@ -254,6 +264,13 @@ class SparseShiftBenchmark:
         predicted = np.zeros_like(scores, dtype=bool)
         np.put_along_axis(predicted, top, True, axis=1)
         return scores, predicted
+
+
+def format_options(options: dict) -> str:
+    """``{"dropout": 0, "sparsity_weight": 72}`` -> ``"dropout=0 sparsity_weight=72"`` (sorted;
+    ``""`` for none): how a benchmark row records its :attr:`SparseShiftBenchmark.model_options`.
+    """
+    return " ".join(f"{key}={options[key]!r}" for key in sorted(options))
 
 
 def sparse_shift_benchmark(log: Callable[[str], None] = print, **settings) -> pd.DataFrame:

@@ -106,3 +106,31 @@ def test_the_ceiling_is_one_row_per_design_and_seed(sweep, tmp_path):
     assert -1.0 <= row["ceiling_min"] <= row["mcc_pearson"] <= 1.0 and row["fit_seconds"] > 0
     summary = sweep.summarise(runs)
     assert summary.loc[("small", "ceiling"), ("mcc_pearson", "mean")] == row["mcc_pearson"]
+
+
+def test_fits_with_options_are_rows_of_their_own(sweep, tmp_path):
+    args = ["--out", str(tmp_path), "--quick", "--designs", "small", "--seeds", "1",
+            "--models", "sVAE+,ceiling", "--threads", "1"]
+    assert sweep.main(args) == 0
+    assert sweep.main(args + ["--options", "dropout=0, sparsity_weight=7"]) == 0
+    runs = sweep.read_runs(tmp_path / "runs.csv")
+    assert sorted(zip(runs["model"], runs["options"])) == [
+        ("ceiling", ""), ("sVAE+", ""), ("sVAE+", "dropout=0 sparsity_weight=7")]
+    assert runs.set_index("options").loc["dropout=0 sparsity_weight=7", "sparsity_weight"] == 7
+    summary = sweep.summarise(runs)
+    assert ("small", "sVAE+ (dropout=0 sparsity_weight=7)") in summary.index
+    assert ("small", "sVAE+") in summary.index  # the default fit is a row apart
+
+
+@pytest.mark.parametrize("text, parsed", [("", {}), ("dropout=0", {"dropout": 0}),
+                                          ("dropout=0.1, norm=layer",
+                                           {"dropout": 0.1, "norm": "layer"}),
+                                          ("norm=None", {"norm": None})])
+def test_options_are_parsed_as_python_values(sweep, text, parsed):
+    assert sweep._options(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["dropout", "=0"])
+def test_an_option_without_name_and_value_is_named(sweep, text):
+    with pytest.raises(SystemExit, match=f"--options: {text!r} is not name=value"):
+        sweep._options(text)

@@ -50,3 +50,23 @@ def test_bad_schedule_is_named_when_the_benchmark_is_made(setting):
 def test_bad_restarts_are_named_when_the_benchmark_is_made(restarts):
     with pytest.raises(ValueError, match=f"restarts must be a positive integer, got {restarts!r}"):
         SparseShiftBenchmark(restarts=restarts)
+
+
+@pytest.mark.parametrize("options", [dict(sparsity="vae"), dict(n_latent=3, beta=2.0)])
+def test_model_options_may_not_replace_the_benchmarks_own_settings(options):
+    with pytest.raises(ValueError, match=r"model_options may not set \[.*\]: choose the model "
+                                         r"with models="):
+        SparseShiftBenchmark(model_options=options)
+
+
+def test_model_options_reach_every_model_and_its_row():
+    benchmark = SparseShiftBenchmark(
+        models=["VAE", "sVAE+"], n_latent=3, n_perturbations=6, n_cells_per_perturbation=30,
+        n_genes=40, n_held_out=2, max_epochs=2, transfer_epochs=1, n_importance_samples=2,
+        device="cpu", model_options={"dropout": 0.0, "sparsity_weight": 7})
+    table = benchmark.run(log=lambda line: None)
+    assert table["options"].tolist() == ["dropout=0.0 sparsity_weight=7"] * 2
+    for name in ("VAE", "sVAE+"):
+        model = benchmark.fitted[name]["model"]
+        assert model.init_args["dropout"] == 0.0 and model.sparsity_weight == 7
+    assert table.loc["sVAE+", "sparsity_weight"] == 7  # not the "auto" rule's
