@@ -12,6 +12,7 @@ the importance-weighted ELBO.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -99,8 +100,8 @@ class SparseShiftBenchmark:
     n_layers: int = 2
     model_options: dict = field(default_factory=dict)
     """Further :class:`~pyro_causalcell.models.SparseShiftVAE` arguments for every model
-    (``dropout=0``, ``sparsity_weight=72`` ...); ``sparsity`` and ``n_latent`` are the
-    benchmark's own."""
+    (``dropout=0``, ``sparsity_weight=72`` ...); ``sparsity``, ``beta`` and the sizes
+    (``n_latent``, ``n_hidden``, ``n_layers``) are the benchmark's own."""
     max_epochs: int | str = "auto"
     """``"auto"``: :func:`auto_max_epochs` (300 on the study's design; more on data with fewer
     minibatches per epoch, so that every fit makes as many optimiser steps)."""
@@ -133,6 +134,11 @@ class SparseShiftBenchmark:
         if owned:
             raise ValueError(f"model_options may not set {owned}: choose the model with "
                              "models=[...] and its size with n_latent, n_hidden, n_layers")
+        known = inspect.signature(SparseShiftVAE).parameters
+        unknown = sorted(set(self.model_options) - set(known))
+        if unknown:
+            raise ValueError(f"model_options {unknown} are not SparseShiftVAE arguments; "
+                             f"choose among {sorted(set(known) - {'schema'})}")
 
     def training_schedule(self, n_cells: int) -> tuple[int, int]:
         """``(max_epochs, batch_size)`` of a fit on ``n_cells`` cells ("auto" resolved)."""

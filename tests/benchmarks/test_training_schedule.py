@@ -59,6 +59,12 @@ def test_model_options_may_not_replace_the_benchmarks_own_settings(options):
         SparseShiftBenchmark(model_options=options)
 
 
+def test_an_unknown_model_option_is_named_before_any_fit():
+    with pytest.raises(ValueError, match=r"model_options \['dropuot'\] are not SparseShiftVAE "
+                                         r"arguments; choose among \[.*'dropout'"):
+        SparseShiftBenchmark(model_options={"dropuot": 0})
+
+
 def test_model_options_reach_every_model_and_its_row():
     benchmark = SparseShiftBenchmark(
         models=["VAE", "sVAE+"], n_latent=3, n_perturbations=6, n_cells_per_perturbation=30,
