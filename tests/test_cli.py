@@ -248,8 +248,9 @@ def test_benchmark_sparse_shift_writes_its_table(tmp_path):
     assert list(table.index) == ["VAE", "sVAE+"]
     assert {"mcc_pearson", "target_f1", "target_auroc", "heldout_iwelbo",
             "fit_seconds"} <= set(table.columns)
-    measured = table.drop(columns=["transfer_seconds", "sparsity_weight"])
+    measured = table.drop(columns=["transfer_seconds", "sparsity_weight", "options"])
     assert np.isfinite(measured.to_numpy()).all()
+    assert table["options"].isna().all()  # no model_options: an empty cell
     # sVAE+'s lambda was set from its 90 training cells per perturbation; the VAE has none
     assert table.loc["sVAE+", "sparsity_weight"] == pytest.approx(0.4 * 90)
     assert np.isnan(table.loc["VAE", "sparsity_weight"])
