@@ -129,8 +129,8 @@ class SparseShiftBenchmark:
             if value != "auto" and not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name}={value!r}; give a positive integer or \"auto\"")
         check_n_restarts(self.restarts, "restarts")
-        owned = sorted(set(self.model_options) & {"sparsity", "n_latent", "n_hidden",
-                                                  "n_layers", "beta"})
+        owned = sorted(set(self.model_options) & {"n_latent", "n_hidden", "n_layers",
+                                                  *(key for m in MODELS.values() for key in m)})
         if owned:
             raise ValueError(f"model_options may not set {owned}: choose the model with "
                              "models=[...] and its size with n_latent, n_hidden, n_layers")
@@ -233,8 +233,9 @@ class SparseShiftBenchmark:
                         f"target_auroc{suffix}": target_auroc(truth[rows], scores[order][rows],
                                                               assignment)})
         weight = model.sparsity_weight if model.sparsity in ("svae", "svae+") else np.nan
-        row.update(options=format_options(self.model_options), heldout_iwelbo=iwelbo, sparsity_weight=float(weight), max_epochs=epochs,
-                   batch_size=batch, restarts=self.restarts,
+        row.update(options=format_options(self.model_options), heldout_iwelbo=iwelbo,
+                   sparsity_weight=float(weight), max_epochs=epochs, batch_size=batch,
+                   restarts=self.restarts,
                    kept_restart=kept, validation_elbo=restarts[kept].score,
                    restart_validation_elbos=";".join(f"{r.score:.3f}" for r in restarts),
                    restart_mccs=";".join(f"{mean_correlation_coefficient(z_true, z):.3f}"
