@@ -78,28 +78,31 @@ QUICK_SIMULATION = dict(n_control_cells=100, n_combinations=5)
 METRICS = (("mcc_pearson", "MCC"), ("target_f1_abs", "F1 (abs)"), ("target_f1", "F1 (signed)"),
            ("target_auroc_abs", "AUROC (abs)"), ("target_auroc", "AUROC (signed)"),
            ("heldout_iwelbo", "held-out IWELBO"), ("fit_seconds", "fit s"))
-KEYS = ["design", "seed", "model", "restarts", "options"]
+KEYS = ["design", "seed", "model", "restarts", "options", "realign"]
 #: pseudo-model: a network trained on the true latents (:func:`supervised_ceiling`), the MCC
 #: that the counts allow at best
 CEILING = "ceiling"
 
 
 def read_runs(path: Path) -> pd.DataFrame:
-    """The rows of ``runs.csv`` (rows written before restarts or options existed were single
-    fits with the defaults)."""
+    """The rows of ``runs.csv`` (rows written before restarts, options or realignment existed
+    were single fits with the defaults, not realigned)."""
     runs = pd.read_csv(path)
     runs["restarts"] = runs.get("restarts", pd.Series(1, index=runs.index)).fillna(1)
     runs["restarts"] = runs["restarts"].astype(int)
     runs["options"] = runs.get("options", pd.Series("", index=runs.index)).fillna("")
+    runs["realign"] = runs.get("realign", pd.Series(False, index=runs.index)).eq(True)
     return runs
 
 
 def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: str = "auto",
-              restarts: int = 1, options: dict | None = None, log=print) -> pd.DataFrame:
-    """Fit every (design, seed, model, restarts, options) not yet in ``out/runs.csv``;
-    returns all rows. ``options``: further ``SparseShiftVAE`` arguments of every model
-    (:attr:`SparseShiftBenchmark.model_options`). The pseudo-model :data:`CEILING` is one row
-    per (design, seed), restarts 1 and no options."""
+              restarts: int = 1, options: dict | None = None, realign: bool = False,
+              log=print) -> pd.DataFrame:
+    """Fit every (design, seed, model, restarts, options, realign) not yet in
+    ``out/runs.csv``; returns all rows. ``options``: further ``SparseShiftVAE`` arguments of
+    every model (:attr:`SparseShiftBenchmark.model_options`); ``realign``: sVAE / sVAE+ fitted
+    with a realignment (:attr:`SparseShiftBenchmark.realign`; the other models as usual). The
+    pseudo-model :data:`CEILING` is one row per (design, seed), restarts 1, no options."""
     options = options or {}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.csv"
@@ -107,9 +110,8 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
     done = set(map(tuple, runs[KEYS].astype(str).to_numpy()))
     for design in designs:
         for seed in seeds:
-            todo = [m for m in models if ((design, str(seed), m, "1", "") if m == CEILING else
-                                          (design, str(seed), m, str(restarts),
-                                           format_options(options))) not in done]
+            todo = [m for m in models if _key(design, seed, m, restarts, options, realign)
+                    not in done]
             if not todo:
                 continue
             settings = {**DESIGNS[design], **(QUICK if quick else {})}
@@ -119,7 +121,8 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
             log(f"{design}, seed {seed}: {', '.join(todo)}")
             benchmark = SparseShiftBenchmark(models=[m for m in todo if m != CEILING],
                                              seed=seed, device=device, restarts=restarts,
-                                             model_options=options, **settings)
+                                             model_options=options, realign=realign,
+                                             **settings)
             tables = [ceiling_row(benchmark, epochs=5 if quick else 100)] \
                 if CEILING in todo else []
             if benchmark.models:
@@ -131,6 +134,15 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
     return runs
 
 
+def _key(design: str, seed: int, model: str, restarts: int, options: dict,
+         realign: bool) -> tuple[str, ...]:
+    """A run's :data:`KEYS` as the strings of ``runs.csv``."""
+    if model == CEILING:
+        return (design, str(seed), model, "1", "", "False")
+    realigned = realign and MODELS[model].get("sparsity") in ("svae", "svae+")
+    return (design, str(seed), model, str(restarts), format_options(options), str(realigned))
+
+
 def ceiling_row(benchmark: SparseShiftBenchmark, epochs: int) -> pd.DataFrame:
     """The :data:`CEILING` row of a design and seed: the mean (``mcc_pearson``) and least
     (``ceiling_min``) per-latent correlation of :func:`supervised_ceiling` on the training
@@ -138,18 +150,21 @@ def ceiling_row(benchmark: SparseShiftBenchmark, epochs: int) -> pd.DataFrame:
     train, _ = benchmark.simulate()
     start = time.perf_counter()
     r = supervised_ceiling(train.X, train.obsm["z_true"], epochs=epochs, seed=benchmark.seed)
-    return pd.DataFrame([{"model": CEILING, "restarts": 1, "options": "",
+    return pd.DataFrame([{"model": CEILING, "restarts": 1, "options": "", "realign": False,
                           "mcc_pearson": float(r.mean()), "ceiling_min": float(r.min()),
                           "fit_seconds": time.perf_counter() - start}])
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, min and max over seeds of each metric, one row per (design, model, restarts,
-    options); a model fitted with restarts is named "<model>, best of <restarts>", one with
-    options "<model> (<options>)"."""
+    options, realign); a model fitted with restarts is named "<model>, best of <restarts>", one
+    with options "<model> (<options>)", a realigned one "<model>, realigned"."""
     options = runs.get("options", pd.Series("", index=runs.index)).fillna("")
-    runs = runs.assign(model=[m + (f" ({o})" if o else "") + (f", best of {r}" if r != 1 else "")
-                              for m, r, o in zip(runs["model"], runs["restarts"], options)])
+    realign = runs.get("realign", pd.Series(False, index=runs.index)).eq(True)
+    runs = runs.assign(model=[m + (f" ({o})" if o else "") + (", realigned" if a else "")
+                              + (f", best of {r}" if r != 1 else "")
+                              for m, r, o, a in zip(runs["model"], runs["restarts"], options,
+                                                    realign)])
     runs = runs.reindex(columns=[*runs, *(c for c, _ in METRICS if c not in runs)])  # NaN
     grouped = runs.groupby(["design", "model"], sort=False)
     parts = {}
@@ -223,6 +238,9 @@ def main(argv=None) -> int:
     parser.add_argument("--options", default="",
                         help="further SparseShiftVAE arguments of every model, e.g. "
                              "'dropout=0,sparsity_weight=72'; rows record them")
+    parser.add_argument("--realign", action="store_true",
+                        help="fit sVAE / sVAE+ with a realignment of the latents after 2/3 "
+                             "of the epochs (fit_with_realignment)")
     parser.add_argument("--threads", type=int, default=2, help="default: %(default)s")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -241,14 +259,14 @@ def main(argv=None) -> int:
     else:
         runs = run_sweep(args.out, designs, seeds, models, quick=args.quick,
                          device=args.device, restarts=args.restarts, options=options,
-                         log=lambda line: print(line, file=sys.stderr, flush=True))
+                         realign=args.realign, log=lambda line: print(line, file=sys.stderr, flush=True))
     runs = runs[runs["design"].isin(designs) & runs["model"].isin(models)
                 & runs["seed"].astype(int).isin(seeds)]
-    runs = runs.sort_values(["design", "model", "options", "restarts", "seed"], kind="stable",
-                            key=lambda column: (
+    runs = runs.sort_values(["design", "model", "options", "realign", "restarts", "seed"],
+                            kind="stable", key=lambda column: (
         column.map({name: i for i, name in enumerate(designs + models)})
         if column.name in ("design", "model") else
-        column if column.name == "options" else column.astype(int)))
+        column if column.name in ("options", "realign") else column.astype(int)))
     table = rst_table(summarise(runs))
     print(table)
     if args.table:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import anndata as ad
 import numpy as np
@@ -24,7 +25,8 @@ import pandas as pd
 import torch
 
 from ..data import CellData
-from ..infer import fit_restarts, latent, mean_importance_weighted_elbo, transfer
+from ..infer import (fit, fit_restarts, fit_with_realignment, latent,
+                     mean_importance_weighted_elbo, transfer)
 from ..infer.restarts import check_n_restarts
 from ..metrics import (latent_signs, linear_r2, match_latents, mean_correlation_coefficient,
                        target_auroc, target_precision_recall_f1)
@@ -38,6 +40,8 @@ MIN_EPOCHS = 300
 #: an "auto" batch size is the largest of these that leaves this many steps per epoch
 BATCH_SIZES = (256, 128, 64)
 MIN_STEPS_PER_EPOCH = 25
+#: with ``realign=True``: the share of the epochs fitted before the realignment
+REALIGN_AFTER = 2 / 3
 
 
 def auto_max_epochs(n_cells: int, batch_size: int) -> int:
@@ -112,6 +116,10 @@ class SparseShiftBenchmark:
     restarts: int = 1
     """Fits of each model from different initialisations; the best validation ELBO is kept
     (:func:`~pyro_causalcell.infer.fit_restarts`)."""
+    realign: bool = False
+    """Fit sVAE / sVAE+ with :func:`~pyro_causalcell.infer.fit_with_realignment`: the first
+    :data:`REALIGN_AFTER` of the epochs, a search for the latents' linear alignment, then the
+    rest (the same number of epochs in all)."""
     transfer_epochs: int = 100
     transfer_lr: float = 5e-3
     n_importance_samples: int = 100
@@ -183,10 +191,14 @@ class SparseShiftBenchmark:
                                   **{**MODELS[name], **self.model_options})
 
         z_true = np.asarray(train.obsm["z_true"])
-        latents = []  # every restart's training latents: does the ELBO pick the best MCC?
         epochs, batch = schedule
+        realigned = self.realign and MODELS[name].get("sparsity") in ("svae", "svae+")
+        fit_function = (partial(fit_with_realignment, realign_after=round(REALIGN_AFTER * epochs))
+                        if realigned else fit)
+        latents = []  # every restart's training latents: does the ELBO pick the best MCC?
         model, restarts = fit_restarts(
-            make_model, data, self.restarts, max_epochs=epochs, batch_size=batch, lr=self.lr,
+            make_model, data, self.restarts, fit_function=fit_function, max_epochs=epochs,
+            batch_size=batch, lr=self.lr,
             kl_warmup_epochs=self.kl_warmup_epochs, device=self.device, seed=self.seed,
             progress=self.progress,
             after_fit=lambda fitted, _: latents.append(latent(fitted, data)))
@@ -235,7 +247,7 @@ class SparseShiftBenchmark:
         weight = model.sparsity_weight if model.sparsity in ("svae", "svae+") else np.nan
         row.update(options=format_options(self.model_options), heldout_iwelbo=iwelbo,
                    sparsity_weight=float(weight), max_epochs=epochs, batch_size=batch,
-                   restarts=self.restarts,
+                   restarts=self.restarts, realign=realigned,
                    kept_restart=kept, validation_elbo=restarts[kept].score,
                    restart_validation_elbos=";".join(f"{r.score:.3f}" for r in restarts),
                    restart_mccs=";".join(f"{mean_correlation_coefficient(z_true, z):.3f}"

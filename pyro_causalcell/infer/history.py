@@ -51,6 +51,27 @@ class TrainingHistory:
     def n_epochs(self) -> int:
         return len(self.train_elbo)
 
+    def followed_by(self, later: TrainingHistory) -> TrainingHistory:
+        """This fit's epochs, then those of ``later``, a fit that continued the same model
+        (early stopping's kept epoch, if any, is the later fit's, counted from here)."""
+        def joined(mine: dict, theirs: dict) -> dict:
+            n_mine, n_theirs = self.n_epochs, later.n_epochs
+            return {k: mine.get(k, [float("nan")] * n_mine) + theirs.get(k, [float("nan")]
+                                                                          * n_theirs)
+                    for k in {**mine, **theirs}}
+
+        best = None if later.best_epoch is None else self.n_epochs + later.best_epoch
+        return TrainingHistory(
+            train_elbo=self.train_elbo + later.train_elbo,
+            validation_elbo=self.validation_elbo + later.validation_elbo,
+            kl_weight=self.kl_weight + later.kl_weight,
+            penalties=joined(self.penalties, later.penalties),
+            adversary_loss=joined(self.adversary_loss, later.adversary_loss),
+            monitored=self.monitored + later.monitored, best_epoch=best,
+            stopped_early=later.stopped_early,
+            interrupted=self.interrupted or later.interrupted,
+            seconds=self.seconds + later.seconds)
+
     def to_dataframe(self) -> pd.DataFrame:
         """One row per epoch: ``epoch``, ``train_elbo``, ``validation_elbo``, ``kl_weight``, then
         ``penalty_<name>`` and ``adversary_<name>`` columns (NaN where not recorded)."""

@@ -65,7 +65,7 @@ def restart_score(history: TrainingHistory) -> float:
 
 
 def fit_restarts(make_model: Callable[[], torch.nn.Module], data: CellData,
-                 n_restarts: int = 3, *, seed: int = 0,
+                 n_restarts: int = 3, *, seed: int = 0, fit_function: Callable = fit,
                  after_fit: Callable[[torch.nn.Module, Restart], None] | None = None,
                  **fit_kwargs) -> tuple[torch.nn.Module, list[Restart]]:
     """Fit ``n_restarts`` models built by ``make_model`` and keep the best validation ELBO.
@@ -84,6 +84,10 @@ def fit_restarts(make_model: Callable[[], torch.nn.Module], data: CellData,
     n_restarts : int
         Number of fits (1: one ordinary fit).
     seed : int
+    fit_function : callable
+        ``fit_function(model, data, seed=..., **fit_kwargs) -> TrainingHistory`` fits one
+        restart: :func:`~pyro_causalcell.infer.fit` (default), or e.g.
+        :func:`~pyro_causalcell.infer.fit_with_realignment` with its settings bound.
     after_fit : callable, optional
         ``after_fit(model, restart)`` after each fit, before the next one is made (e.g. to
         score every restart against a simulation's truth).
@@ -111,7 +115,7 @@ def fit_restarts(make_model: Callable[[], torch.nn.Module], data: CellData,
             torch.manual_seed(seed + r)
             model = make_model()
         start = time.perf_counter()
-        history = fit(model, data, seed=seed, **fit_kwargs)
+        history = fit_function(model, data, seed=seed, **fit_kwargs)
         restarts.append(Restart(seed + r, restart_score(history), history,
                                 seconds=time.perf_counter() - start))
         if after_fit is not None:

@@ -128,6 +128,32 @@ class SparseShifts(DenseShifts):
             pyro.factor("target_sparsity", -self.sparsity_weight * probability.sum())
         return {"shift": shift, "probability": probability}
 
+    def log_joint(self, z: torch.Tensor, perturbation: torch.Tensor, shift: torch.Tensor,
+                  probability: torch.Tensor) -> torch.Tensor:
+        """Log density of latents ``z`` given point values of the tables, plus the tables' log
+        prior: the objective that :func:`~pyro_causalcell.infer.realign_latents` maximises.
+
+        Parameters
+        ----------
+        z : (cells, K) tensor
+        perturbation : (cells, P) multi-hot tensor
+            Control cells (all zeros) follow ``Normal(0, I)``.
+        shift, probability : (P, K) tensors
+            :math:`\\delta` and :math:`\\pi`.
+
+        Returns
+        -------
+        scalar tensor
+        """
+        probability = probability.clamp(1e-6, 1 - 1e-6)
+        slab = self.sparsity_weight if self.penalty == "beta" else 1.0
+        log_prior = (dist.Normal(0.0, self.shift_prior_scale).log_prob(shift).sum()
+                     + dist.Beta(1.0, slab).log_prob(probability).sum())
+        if self.penalty == "l0":
+            log_prior = log_prior - self.sparsity_weight * probability.sum()
+        latents = shift_mixture(perturbation, shift, probability).log_prob(z).sum()
+        return latents + log_prior
+
     def _guide_sites(self) -> None:
         super()._guide_sites()
         pyro.sample("target_probability", self.target_posterior().to_event(1))

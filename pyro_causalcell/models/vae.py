@@ -99,6 +99,22 @@ class VAE(nn.Module):
         """The amortised posterior of ``"z"`` (the latent block's encoder)."""
         return self.latent.encoder
 
+    def transform_latents(self, matrix: torch.Tensor, offset: torch.Tensor) -> None:
+        """Re-express ``"z"`` as ``z' = matrix @ (z - offset)``: the encoder's location becomes
+        ``z'`` and the decoder decodes ``z'`` exactly as it decoded ``z``; the encoder's scale
+        is kept (exact for a permutation, close for a map near a rotation).
+
+        Parameters
+        ----------
+        matrix : (n_latent, n_latent) invertible tensor
+        offset : (n_latent,) tensor
+        """
+        if self.other_blocks:
+            raise ValueError("transform_latents maps 'z' only; this model decodes further "
+                             "latent blocks beside it")
+        self.encoder.transform_loc(matrix, offset)
+        self.decoder.transform_input(matrix, offset)
+
     def count_decoder(self, n_inputs: int) -> CountDecoder:
         """A count decoder of ``n_inputs`` latent dimensions with this model's settings."""
         args = self.init_args

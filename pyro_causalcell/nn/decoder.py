@@ -86,6 +86,20 @@ class CountDecoder(nn.Module):
             decoded["gate_logits"] = gate_logits
         return decoded
 
+    @torch.no_grad()
+    def transform_input(self, matrix: torch.Tensor, offset: torch.Tensor) -> None:
+        """Take latents ``z' = matrix @ (z - offset)`` and decode them exactly as ``z`` was
+        decoded, by changing the first layer's latent columns (covariates are unchanged).
+
+        Parameters
+        ----------
+        matrix : (n_latent, n_latent) invertible tensor
+        offset : (n_latent,) tensor
+        """
+        first, k = self.net.layers[0], matrix.shape[0]
+        first.bias += first.weight[:, :k] @ offset
+        first.weight[:, :k] = first.weight[:, :k] @ torch.linalg.inv(matrix)
+
     def observation(self, counts: torch.Tensor | None) -> torch.Tensor | None:
         """What the likelihood scores: the ``(batch, n_genes)`` counts themselves, or for
         ``"gaussian"`` the log-normalised ``log1p(counts / total counts * 1e4)``

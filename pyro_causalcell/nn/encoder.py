@@ -43,3 +43,18 @@ class GaussianEncoder(nn.Module):
         out = self.net(torch.log1p(counts), covariates)
         loc, raw_scale = out.split(self.n_latent, dim=-1)
         return loc, F.softplus(raw_scale) + self.min_scale
+
+    @torch.no_grad()
+    def transform_loc(self, matrix: torch.Tensor, offset: torch.Tensor) -> None:
+        """Make the location ``matrix @ (loc - offset)`` by changing the last layer's rows.
+
+        The scale is left as it was (exact only for a permutation of the latents).
+
+        Parameters
+        ----------
+        matrix : (n_latent, n_latent) tensor
+        offset : (n_latent,) tensor
+        """
+        last, k = self.net.layers[-1], self.n_latent
+        last.bias[:k] = matrix @ (last.bias[:k] - offset)
+        last.weight[:k] = matrix @ last.weight[:k]

@@ -134,3 +134,30 @@ def test_options_are_parsed_as_python_values(sweep, text, parsed):
 def test_an_option_without_name_and_value_is_named(sweep, text):
     with pytest.raises(SystemExit, match=f"--options: {text!r} is not name=value"):
         sweep._options(text)
+
+
+def test_realigned_fits_are_rows_of_their_own(sweep, tmp_path, monkeypatch):
+    args = ["--out", str(tmp_path), "--quick", "--designs", "small", "--seeds", "1",
+            "--models", "VAE,sVAE+", "--threads", "1"]
+    assert sweep.main(args) == 0
+    assert sweep.main(args + ["--realign"]) == 0
+    runs = sweep.read_runs(tmp_path / "runs.csv")
+    # the VAE has no perturbation prior to realign by: its fit is the one already there
+    assert sorted(zip(runs["model"], runs["realign"])) == [("VAE", False), ("sVAE+", False),
+                                                           ("sVAE+", True)]
+    names = sweep.summarise(runs).index.get_level_values("model").tolist()
+    assert sorted(names) == ["VAE", "sVAE+", "sVAE+, realigned"]
+
+    def refuse(self, log=print):
+        raise AssertionError("refitted a finished run")
+
+    monkeypatch.setattr(sweep.SparseShiftBenchmark, "run", refuse)
+    assert sweep.main(args + ["--realign"]) == 0  # resumed: nothing left to fit
+
+
+def test_rows_written_before_realignment_read_as_not_realigned(sweep, tmp_path):
+    path = tmp_path / "runs.csv"
+    pd.DataFrame({"design": ["small"], "seed": [1], "model": ["sVAE+"], "restarts": [1],
+                  "mcc_pearson": [0.7]}).to_csv(path, index=False)
+    runs = sweep.read_runs(path)
+    assert runs["realign"].tolist() == [False] and runs["options"].tolist() == [""]

@@ -2,6 +2,8 @@
 
 import pytest
 
+import pyro_causalcell.benchmarks.sparse_shift as bench
+
 from pyro_causalcell.benchmarks.sparse_shift import (SparseShiftBenchmark, auto_batch_size,
                                                      auto_max_epochs)
 
@@ -76,3 +78,21 @@ def test_model_options_reach_every_model_and_its_row():
         model = benchmark.fitted[name]["model"]
         assert model.init_args["dropout"] == 0.0 and model.sparsity_weight == 7
     assert table.loc["sVAE+", "sparsity_weight"] == 7  # not the "auto" rule's
+
+
+def test_realign_fits_svae_plus_in_two_parts_with_the_same_epochs(monkeypatch):
+    calls = []
+    original = bench.fit_with_realignment
+
+    def recorded(model, data, **kwargs):
+        calls.append((kwargs["max_epochs"], kwargs["realign_after"]))
+        return original(model, data, **kwargs)
+
+    monkeypatch.setattr(bench, "fit_with_realignment", recorded)
+    benchmark = SparseShiftBenchmark(
+        models=["VAE", "sVAE+"], n_latent=3, n_perturbations=6, n_cells_per_perturbation=30,
+        n_genes=40, n_held_out=2, max_epochs=6, transfer_epochs=1, n_importance_samples=2,
+        device="cpu", realign=True)
+    table = benchmark.run(log=lambda line: None)
+    assert calls == [(6, 4)]  # sVAE+ only, realigned after 2/3 of the epochs
+    assert table["realign"].to_dict() == {"VAE": False, "sVAE+": True}
