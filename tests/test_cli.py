@@ -248,9 +248,10 @@ def test_benchmark_sparse_shift_writes_its_table(tmp_path):
     assert list(table.index) == ["VAE", "sVAE+"]
     assert {"mcc_pearson", "target_f1", "target_auroc", "heldout_iwelbo",
             "fit_seconds"} <= set(table.columns)
-    measured = table.drop(columns=["transfer_seconds", "sparsity_weight", "options"])
+    measured = table.drop(columns=["transfer_seconds", "sparsity_weight", "options", "realign"])
     assert np.isfinite(measured.to_numpy()).all()
     assert table["options"].isna().all()  # no model_options: an empty cell
+    assert not table["realign"].any()  # fitted without --realign
     # sVAE+'s lambda was set from its 90 training cells per perturbation; the VAE has none
     assert table.loc["sVAE+", "sparsity_weight"] == pytest.approx(0.4 * 90)
     assert np.isnan(table.loc["VAE", "sparsity_weight"])
@@ -272,6 +273,17 @@ def test_benchmark_restarts_keep_the_best_validation_elbo(tmp_path):
     assert row["restarts"] == 2 and len(scores) == 2
     assert row["kept_restart"] == scores.index(max(scores))
     assert json.loads((out / "settings.json").read_text())["restarts"] == 2
+
+
+def test_benchmark_realign_fits_svae_plus_around_a_realignment(tmp_path):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "sparse-shift", "--quick", "--models", "VAE,sVAE+", "--realign",
+                 "--max-epochs", "3", "--transfer-epochs", "1", "--n-importance-samples", "2",
+                 "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 0
+    table = pd.read_csv(out / "table.csv", index_col=0)
+    assert table["realign"].to_dict() == {"VAE": False, "sVAE+": True}
+    assert json.loads((out / "settings.json").read_text())["realign"] is True
 
 
 def test_benchmark_refuses_zero_restarts(tmp_path, capsys):
