@@ -282,8 +282,8 @@ def run_benchmark(args, out: Path) -> dict:
                     max_epochs=args.max_epochs, transfer_epochs=args.transfer_epochs,
                     batch_size=args.batch_size, lr=args.lr,
                     kl_warmup_epochs=args.kl_warmup_epochs, restarts=args.restarts,
-                    realign=args.realign, n_importance_samples=args.n_importance_samples, seed=args.seed,
-                    device=args.device, progress=not args.quiet)
+                    realign=args.realign, n_importance_samples=args.n_importance_samples,
+                    seed=args.seed, device=args.device, progress=not args.quiet)
     if args.quick:
         settings.update(QUICK_SPARSE_SHIFT)
     benchmark = SparseShiftBenchmark(**settings)

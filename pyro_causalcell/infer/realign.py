@@ -15,7 +15,7 @@ directly, without the networks: :func:`realign_latents` finds the linear map :ma
 
 (the change-of-variables term keeps :math:`A` from shrinking the latents), from several
 starts (the identity, so the current alignment competes, and random rotations), and keeps the
-best. Each start costs a few seconds: restarts that would take a whole fit each become cheap.
+best. A start costs seconds, where a restart of the fit costs a whole fit.
 The map is then absorbed into the encoder's location and the decoder's input layer
 (:meth:`~pyro_causalcell.models.VAE.transform_latents`, which decodes every cell as before)
 and the shift tables start from the search's values; a further fit
@@ -211,6 +211,9 @@ def fit_with_realignment(model, data: CellData, *, max_epochs: int, realign_afte
     if not 1 <= realign_after < max_epochs:
         raise ValueError(f"realign_after must be in [1, max_epochs), got {realign_after} with "
                          f"max_epochs={max_epochs}")
+    if fit_kwargs.get("checkpoint") is not None:
+        raise ValueError("checkpoint is not supported by fit_with_realignment (both parts "
+                         "would share the file): checkpoint single fits with fit(...)")
     if not getattr(model, "has_targets", False):  # before any epoch is spent
         raise ValueError("fit_with_realignment needs a SparseShiftVAE with sparsity 'svae' or "
                          "'svae+' (a model with a sparse perturbation prior)")

@@ -105,6 +105,8 @@ def test_fit_with_realignment_runs_every_epoch_and_checks_its_split(shift_data):
     model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=32)
     with pytest.raises(ValueError, match=r"realign_after must be in \[1, max_epochs\)"):
         fit_with_realignment(model, data, max_epochs=4, realign_after=4)
+    with pytest.raises(ValueError, match="checkpoint is not supported by fit_with_realignment"):
+        fit_with_realignment(model, data, max_epochs=4, realign_after=2, checkpoint="fit.pt")
     history = fit_with_realignment(model, data, max_epochs=5, realign_after=3, n_starts=2,
                                    kl_warmup_epochs=2, **SETTINGS)
     assert history.n_epochs == 5 and len(history.validation_elbo) == 5
