@@ -259,7 +259,8 @@ def main(argv=None) -> int:
     else:
         runs = run_sweep(args.out, designs, seeds, models, quick=args.quick,
                          device=args.device, restarts=args.restarts, options=options,
-                         realign=args.realign, log=lambda line: print(line, file=sys.stderr, flush=True))
+                         realign=args.realign,
+                         log=lambda line: print(line, file=sys.stderr, flush=True))
     runs = runs[runs["design"].isin(designs) & runs["model"].isin(models)
                 & runs["seed"].astype(int).isin(seeds)]
     runs = runs.sort_values(["design", "model", "options", "realign", "restarts", "seed"],

@@ -117,7 +117,10 @@ def realign_latents(model, data: CellData, *, n_starts: int = 10, steps: int = 1
     The posterior means of ``data``'s cells (at most ``max_cells``, drawn at random) are
     searched by :func:`search_alignment`; the kept map is absorbed into the networks
     (:meth:`~pyro_causalcell.models.VAE.transform_latents`) and the shift tables take the
-    search's values (target logits clipped to [-4, 4], so no target starts out settled).
+    search's values (target logits clipped to [-4, 4], so no target starts out settled). The
+    encoder's scale is not transformed; :func:`fit_with_realignment` trains it again. The
+    search uses every cell of ``data`` given (a fit's validation cells too: the map has only
+    K x K numbers).
 
     Parameters
     ----------

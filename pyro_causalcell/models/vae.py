@@ -101,8 +101,8 @@ class VAE(nn.Module):
 
     def transform_latents(self, matrix: torch.Tensor, offset: torch.Tensor) -> None:
         """Re-express ``"z"`` as ``z' = matrix @ (z - offset)``: the encoder's location becomes
-        ``z'`` and the decoder decodes ``z'`` exactly as it decoded ``z``; the encoder's scale
-        is kept (exact for a permutation, close for a map near a rotation).
+        ``z'`` and the decoder decodes ``z'`` exactly as it decoded ``z``; the encoder's scale is
+        left as it was (not transformed: a fit that follows trains it again).
 
         Parameters
         ----------

@@ -48,7 +48,7 @@ class GaussianEncoder(nn.Module):
     def transform_loc(self, matrix: torch.Tensor, offset: torch.Tensor) -> None:
         """Make the location ``matrix @ (loc - offset)`` by changing the last layer's rows.
 
-        The scale is left as it was (exact only for a permutation of the latents).
+        The scale's rows are left as they were: the scale is not transformed.
 
         Parameters
         ----------
