@@ -53,7 +53,7 @@ import torch
 
 from pyro_causalcell.benchmarks import supervised_ceiling
 from pyro_causalcell.benchmarks.sparse_shift import (MODELS, SparseShiftBenchmark,
-                                                     format_options)
+                                                     can_realign, format_options)
 
 #: design name -> SparseShiftBenchmark settings (n_held_out: 20% of the perturbations)
 DESIGNS: dict[str, dict] = {
@@ -139,7 +139,7 @@ def _key(design: str, seed: int, model: str, restarts: int, options: dict,
     """A run's :data:`KEYS` as the strings of ``runs.csv``."""
     if model == CEILING:
         return (design, str(seed), model, "1", "", "False")
-    realigned = realign and MODELS[model].get("sparsity") in ("svae", "svae+")
+    realigned = realign and can_realign(model)
     return (design, str(seed), model, str(restarts), format_options(options), str(realigned))
 
 

@@ -44,6 +44,11 @@ MIN_STEPS_PER_EPOCH = 25
 REALIGN_AFTER = 2 / 3
 
 
+def can_realign(model: str) -> bool:
+    """Whether benchmark model ``model`` has a sparse perturbation prior to realign by."""
+    return MODELS[model].get("sparsity") in ("svae", "svae+")
+
+
 def auto_max_epochs(n_cells: int, batch_size: int) -> int:
     """Epochs of a benchmark fit: ``max(300, ceil(23,437.5 * batch_size / n_cells))``, so every
     fit makes at least the 23,437.5 optimiser steps of 300 epochs of 256 on 20,000 cells.
@@ -192,7 +197,7 @@ class SparseShiftBenchmark:
 
         z_true = np.asarray(train.obsm["z_true"])
         epochs, batch = schedule
-        realigned = self.realign and MODELS[name].get("sparsity") in ("svae", "svae+")
+        realigned = self.realign and can_realign(name)
         fit_function = (partial(fit_with_realignment, realign_after=round(REALIGN_AFTER * epochs))
                         if realigned else fit)
         latents = []  # every restart's training latents: does the ELBO pick the best MCC?

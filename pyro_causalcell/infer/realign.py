@@ -137,9 +137,7 @@ def realign_latents(model, data: CellData, *, n_starts: int = 10, steps: int = 1
     -------
     Realignment
     """
-    if not getattr(model, "has_targets", False):
-        raise ValueError("realign_latents needs a SparseShiftVAE with sparsity 'svae' or "
-                         "'svae+' (a model with a sparse perturbation prior)")
+    _require_sparse_prior(model, "realign_latents")
     if data.perturbation is None:
         raise ValueError("realign_latents needs cells with perturbations: build the data with "
                          "CellData.from_anndata(..., perturbation_key=...)")
@@ -158,6 +156,12 @@ def realign_latents(model, data: CellData, *, n_starts: int = 10, steps: int = 1
         model.shifts.shift_loc.copy_(found.shift)
         model.shifts.target_logit.copy_(found.target_logit.clamp(-4.0, 4.0))
     return found
+
+
+def _require_sparse_prior(model, caller: str) -> None:
+    if not getattr(model, "has_targets", False):
+        raise ValueError(f"{caller} needs a SparseShiftVAE with sparsity 'svae' or 'svae+' (a "
+                         "model with a sparse perturbation prior)")
 
 
 def _search(prior, z: torch.Tensor, perturbation: torch.Tensor, start: torch.Tensor,
@@ -217,9 +221,7 @@ def fit_with_realignment(model, data: CellData, *, max_epochs: int, realign_afte
     if fit_kwargs.get("checkpoint") is not None:
         raise ValueError("checkpoint is not supported by fit_with_realignment (both parts "
                          "would share the file): checkpoint single fits with fit(...)")
-    if not getattr(model, "has_targets", False):  # before any epoch is spent
-        raise ValueError("fit_with_realignment needs a SparseShiftVAE with sparsity 'svae' or "
-                         "'svae+' (a model with a sparse perturbation prior)")
+    _require_sparse_prior(model, "fit_with_realignment")  # before any epoch is spent
     first = fit(model, data, max_epochs=realign_after, seed=seed, **fit_kwargs)
     realign_latents(model, data, n_starts=n_starts, seed=seed)
     second = fit(model, data, max_epochs=max_epochs - realign_after, seed=seed,
