@@ -3,7 +3,7 @@ perturbed cells, and the coordinate mixture of a soft intervention."""
 
 from .coordinate_mixture import CoordinateMixture
 from .negative_binomial import NegativeBinomial, ZeroInflatedNegativeBinomial
-from .shift_mixture import active_perturbations, shift_mixture
+from .shift_mixture import active_perturbations, shift_mixture, shift_mixture_log_prob
 
 __all__ = ["NegativeBinomial", "ZeroInflatedNegativeBinomial", "shift_mixture",
-           "active_perturbations", "CoordinateMixture"]
+           "shift_mixture_log_prob", "active_perturbations", "CoordinateMixture"]

@@ -32,6 +32,7 @@ from ..data import CellData
 from .fit import fit
 from .history import TrainingHistory
 from .latent import latent
+from .steps import make_adam
 
 __all__ = ["Realignment", "search_alignment", "realign_latents", "fit_with_realignment"]
 
@@ -98,15 +99,13 @@ def search_alignment(z: torch.Tensor, perturbation: torch.Tensor, prior, *, n_st
     offset, scale = z.mean(0), z.std(0).clamp_min(1e-6)
     standard = (z - offset) / scale
     k = standard.shape[1]
-    results = []
-    for start in range(n_starts):
-        rotation = (torch.eye(k) if start == 0
-                    else torch.linalg.qr(torch.randn(k, k, generator=generator))[0])
-        results.append(_search(prior, standard, perturbation, rotation, steps, lr))
-    kept = max(range(n_starts), key=lambda i: results[i][0])
-    _, rotation, shift, logit = results[kept]
-    return Realignment(rotation / scale, offset, shift, logit,  # rotation @ diag(1 / scale)
-                       [r[0] for r in results], kept)
+    starts = torch.stack([torch.eye(k)] + [
+        torch.linalg.qr(torch.randn(k, k, generator=generator))[0] for _ in range(n_starts - 1)])
+    scores, matrices, shifts, logits = _search(prior, standard, perturbation, starts, steps, lr)
+    kept = int(scores.argmax())
+    rotation = matrices[kept]
+    return Realignment(rotation / scale, offset, shifts[kept], logits[kept],  # @ diag(1 / scale)
+                       scores.tolist(), kept)
 
 
 def realign_latents(model, data: CellData, *, n_starts: int = 10, steps: int = 1000,
@@ -164,30 +163,32 @@ def _require_sparse_prior(model, caller: str) -> None:
                          "model with a sparse perturbation prior)")
 
 
-def _search(prior, z: torch.Tensor, perturbation: torch.Tensor, start: torch.Tensor,
-            steps: int, lr: float) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One start: ``(objective per cell, map, shift, target logit)``."""
+def _search(prior, z: torch.Tensor, perturbation: torch.Tensor, starts: torch.Tensor,
+            steps: int, lr: float
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All starts ``(S, K, K)`` at once, as one batch of independent problems (Adam's update
+    is elementwise): ``(objective per cell (S,), maps, shifts, target logits)``."""
     n = len(z)
-    matrix = torch.nn.Parameter(start.clone())
+    matrix = torch.nn.Parameter(starts.clone())
     with torch.no_grad():
         cells = perturbation.sum(0).clamp_min(1.0)
-        mean_shift = (perturbation.t() @ (z @ start.t())) / cells[:, None]
-    shift = torch.nn.Parameter(mean_shift)
+        mean_shift = (perturbation.t() @ (z @ starts.transpose(-1, -2))) / cells[:, None]
+    shift = torch.nn.Parameter(mean_shift)  # (S, P, K)
     logit = torch.nn.Parameter(torch.zeros_like(mean_shift))
-    optimizer = torch.optim.Adam([matrix, shift, logit], lr=lr)
+    optimizer = make_adam([matrix, shift, logit], lr=lr, eps=1e-8)
 
     def objective() -> torch.Tensor:
-        joint = prior.log_joint(z @ matrix.t(), perturbation, shift, torch.sigmoid(logit))
+        joint = prior.log_joint(z @ matrix.transpose(-1, -2), perturbation, shift, logit)
         return (joint + n * torch.linalg.slogdet(matrix)[1]) / n
 
     for _ in range(steps):
-        loss = -objective()
+        loss = -objective().sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        value = float(objective())
-    return value, matrix.detach(), shift.detach(), logit.detach()
+        scores = objective()
+    return scores, matrix.detach(), shift.detach(), logit.detach()
 
 
 def fit_with_realignment(model, data: CellData, *, max_epochs: int, realign_after: int,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import sites
-from ..distributions import shift_mixture
+from ..distributions import shift_mixture, shift_mixture_log_prob
 from .components import append_rows
 
 __all__ = ["DenseShifts", "SparseShifts"]
@@ -129,29 +129,33 @@ class SparseShifts(DenseShifts):
         return {"shift": shift, "probability": probability}
 
     def log_joint(self, z: torch.Tensor, perturbation: torch.Tensor, shift: torch.Tensor,
-                  probability: torch.Tensor) -> torch.Tensor:
+                  target_logit: torch.Tensor) -> torch.Tensor:
         """Log density of latents ``z`` given point values of the tables, plus the tables' log
-        prior: the objective that :func:`~pyro_causalcell.infer.realign_latents` maximises.
+        prior (the prior's density of :math:`\\pi`): the objective that
+        :func:`~pyro_causalcell.infer.realign_latents` maximises, vectorised over leading batch
+        dimensions (one per start of its search).
 
         Parameters
         ----------
-        z : (cells, K) tensor
+        z : (..., cells, K) tensor
         perturbation : (cells, P) multi-hot tensor
             Control cells (all zeros) follow ``Normal(0, I)``.
-        shift, probability : (P, K) tensors
-            :math:`\\delta` and :math:`\\pi`.
+        shift, target_logit : (..., P, K) tensors
+            :math:`\\delta` and the logit of :math:`\\pi`.
 
         Returns
         -------
-        scalar tensor
+        (...) tensor
         """
-        probability = probability.clamp(1e-6, 1 - 1e-6)
-        slab = self.sparsity_weight if self.penalty == "beta" else 1.0
-        log_prior = (dist.Normal(0.0, self.shift_prior_scale).log_prob(shift).sum()
-                     + dist.Beta(1.0, slab).log_prob(probability).sum())
-        if self.penalty == "l0":
-            log_prior = log_prior - self.sparsity_weight * probability.sum()
-        latents = shift_mixture(perturbation, shift, probability).log_prob(z).sum()
+        log_not_target = -F.softplus(target_logit)  # log(1 - pi)
+        log_prior = dist.Normal(0.0, self.shift_prior_scale).log_prob(shift).sum((-2, -1))
+        if self.penalty == "beta":  # Beta(1, lambda): log lambda + (lambda - 1) log(1 - pi)
+            log_prior = log_prior + (math.log(self.sparsity_weight) + (
+                self.sparsity_weight - 1.0) * log_not_target).sum((-2, -1))
+        else:
+            log_prior = log_prior - self.sparsity_weight * torch.sigmoid(target_logit).sum(
+                (-2, -1))
+        latents = shift_mixture_log_prob(z, perturbation, shift, target_logit).sum((-2, -1))
         return latents + log_prior
 
     def _guide_sites(self) -> None:

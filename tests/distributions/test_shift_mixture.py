@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from pyro_causalcell.distributions.shift_mixture import active_perturbations, shift_mixture
+from pyro_causalcell.distributions.shift_mixture import (active_perturbations, shift_mixture,
+                                                        shift_mixture_log_prob)
 
 
 def normal_log_prob(x: float, loc: float) -> float:
@@ -58,3 +59,29 @@ def test_samples_have_the_mixture_mean():
     law = shift_mixture(torch.ones(1, 1), torch.tensor([[4.0]]), torch.tensor([[0.25]]))
     draws = law.sample((20000,))
     assert abs(draws.mean().item() - 1.0) < 0.05  # 0.25 * 4
+
+
+def test_log_prob_from_logits_matches_the_mixture_and_batches_over_tables():
+    torch.manual_seed(0)
+    perturbation = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1], [1, 1, 1]])
+    shift, logit = torch.randn(4, 3, 2) * 2, torch.randn(4, 3, 2) * 2  # 4 sets of tables
+    z = torch.randn(4, 5, 2) * 2
+    got = shift_mixture_log_prob(z, perturbation, shift, logit)
+    assert got.shape == (4, 5, 2)
+    for table in range(4):
+        want = shift_mixture(perturbation, shift[table], torch.sigmoid(logit[table])).log_prob(
+            z[table])
+        assert torch.allclose(got[table], want, atol=1e-4)
+
+
+def test_log_prob_from_logits_of_single_perturbations_and_controls_has_finite_gradients():
+    perturbation = torch.tensor([[0.0, 0], [1, 0], [0, 1]])
+    shift = torch.tensor([[1.0], [-2.0]], requires_grad=True)
+    logit = torch.tensor([[0.5], [-1.0]], requires_grad=True)
+    z = torch.tensor([[0.3], [1.2], [-1.5]])
+    got = shift_mixture_log_prob(z, perturbation, shift, logit)
+    want = shift_mixture(perturbation, shift, torch.sigmoid(logit)).log_prob(z)
+    assert torch.allclose(got, want, atol=1e-5)
+    got.sum().backward()
+    assert torch.isfinite(shift.grad).all() and torch.isfinite(logit.grad).all()
+    assert shift.grad.abs().min() > 0 and logit.grad.abs().min() > 0
