@@ -205,3 +205,25 @@ def test_files_with_the_former_table_names_still_load(sim, tmp_path, sparsity):
     for name, table in model.perturbation_parameters().items():
         assert torch.equal(restored.perturbation_parameters()[name], table), name
     np.testing.assert_allclose(latent(restored, data), latent(model, data), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("penalty", ["beta", "l0"])
+def test_log_joint_is_the_mixture_plus_the_tables_prior_per_batch_of_tables(penalty):
+    from pyro_causalcell.distributions import shift_mixture
+    from pyro_causalcell.models.shift_priors import SparseShifts
+
+    torch.manual_seed(0)
+    prior = SparseShifts(3, 2, shift_prior_scale=2.0, penalty=penalty, sparsity_weight=7.0)
+    perturbation = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    shift, logit, z = torch.randn(5, 3, 2), torch.randn(5, 3, 2), torch.randn(5, 4, 2)
+    got = prior.log_joint(z, perturbation, shift, logit)
+    assert got.shape == (5,)
+    for start in range(5):
+        probability = torch.sigmoid(logit[start])
+        want = (shift_mixture(perturbation, shift[start], probability).log_prob(z[start]).sum()
+                + dist.Normal(0.0, 2.0).log_prob(shift[start]).sum())
+        if penalty == "beta":
+            want = want + dist.Beta(1.0, 7.0).log_prob(probability).sum()
+        else:
+            want = want - 7.0 * probability.sum()
+        assert torch.isclose(got[start], want, atol=1e-3)
