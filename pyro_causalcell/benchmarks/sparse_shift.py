@@ -125,6 +125,9 @@ class SparseShiftBenchmark:
     """Fit sVAE / sVAE+ with :func:`~pyro_causalcell.infer.fit_with_realignment`: the first
     :data:`REALIGN_AFTER` of the epochs, a search for the latents' linear alignment, then the
     rest (the same number of epochs in all)."""
+    step_share: float = 1.0
+    """Scales the schedule of every fit: the ``"auto"`` epochs and the KL warm-up (rounded; e.g.
+    0.5: half the optimiser steps, for fits with ``realign=True``)."""
     transfer_epochs: int = 100
     transfer_lr: float = 5e-3
     n_importance_samples: int = 100
@@ -142,6 +145,9 @@ class SparseShiftBenchmark:
             if value != "auto" and not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name}={value!r}; give a positive integer or \"auto\"")
         check_n_restarts(self.restarts, "restarts")
+        if not (isinstance(self.step_share, (int, float)) and self.step_share > 0):
+            raise ValueError(f"step_share={self.step_share!r}; give a positive number (1: the "
+                             "automatic schedule, 0.5: half its epochs)")
         owned = sorted(set(self.model_options) & {"n_latent", "n_hidden", "n_layers",
                                                   *(key for m in MODELS.values() for key in m)})
         if owned:
@@ -154,10 +160,11 @@ class SparseShiftBenchmark:
                              f"choose among {sorted(set(known) - {'schema'})}")
 
     def training_schedule(self, n_cells: int) -> tuple[int, int]:
-        """``(max_epochs, batch_size)`` of a fit on ``n_cells`` cells ("auto" resolved)."""
+        """``(max_epochs, batch_size)`` of a fit on ``n_cells`` cells ("auto" resolved, scaled
+        by :attr:`step_share`)."""
         batch = auto_batch_size(n_cells) if self.batch_size == "auto" else self.batch_size
-        epochs = (auto_max_epochs(n_cells, batch) if self.max_epochs == "auto"
-                  else self.max_epochs)
+        epochs = (max(2, round(self.step_share * auto_max_epochs(n_cells, batch)))
+                  if self.max_epochs == "auto" else self.max_epochs)
         return int(epochs), int(batch)
 
     def simulate(self) -> tuple[ad.AnnData, ad.AnnData]:
@@ -204,7 +211,8 @@ class SparseShiftBenchmark:
         model, restarts = fit_restarts(
             make_model, data, self.restarts, fit_function=fit_function, max_epochs=epochs,
             batch_size=batch, lr=self.lr,
-            kl_warmup_epochs=self.kl_warmup_epochs, device=self.device, seed=self.seed,
+            kl_warmup_epochs=round(self.step_share * self.kl_warmup_epochs),
+            device=self.device, seed=self.seed,
             progress=self.progress,
             after_fit=lambda fitted, _: latents.append(latent(fitted, data)))
         kept = next(i for i, r in enumerate(restarts) if r.kept)
@@ -252,7 +260,7 @@ class SparseShiftBenchmark:
         weight = model.sparsity_weight if model.sparsity in ("svae", "svae+") else np.nan
         row.update(options=format_options(self.model_options), heldout_iwelbo=iwelbo,
                    sparsity_weight=float(weight), max_epochs=epochs, batch_size=batch,
-                   restarts=self.restarts, realign=realigned,
+                   restarts=self.restarts, realign=realigned, step_share=self.step_share,
                    kept_restart=kept, validation_elbo=restarts[kept].score,
                    restart_validation_elbos=";".join(f"{r.score:.3f}" for r in restarts),
                    restart_mccs=";".join(f"{mean_correlation_coefficient(z_true, z):.3f}"

@@ -40,6 +40,19 @@ def test_schedule_resolves_auto_and_keeps_given_values():
     assert SparseShiftBenchmark(max_epochs=7, batch_size=32).training_schedule(20_000) == (7, 32)
 
 
+def test_step_share_scales_the_automatic_epochs_only():
+    assert SparseShiftBenchmark(step_share=0.5).training_schedule(20_000) == (150, 256)
+    assert SparseShiftBenchmark(step_share=0.5).training_schedule(4_000) == (375, 128)
+    assert SparseShiftBenchmark(step_share=0.5, max_epochs=40).training_schedule(4_000) == (
+        40, 128)
+
+
+@pytest.mark.parametrize("share", [0, -0.5, "half", float("nan")])
+def test_a_bad_step_share_is_named_when_the_benchmark_is_made(share):
+    with pytest.raises(ValueError, match=r"step_share=.*; give a positive number"):
+        SparseShiftBenchmark(step_share=share)
+
+
 @pytest.mark.parametrize("setting", [dict(max_epochs="many"), dict(batch_size=0),
                                      dict(max_epochs=2.5)])
 def test_bad_schedule_is_named_when_the_benchmark_is_made(setting):
