@@ -36,6 +36,7 @@ seeds) is printed and written as an reStructuredText table with ``--table``::
     python benchmarks/svae_sweep.py --out sweep --table docs/svae_sweep_table.rst
     python benchmarks/svae_sweep.py --out sweep --designs small --seeds 1 --models sVAE+
     python benchmarks/svae_sweep.py --out sweep --designs small --models sVAE+ --options dropout=0
+    python benchmarks/svae_sweep.py --out sweep --models sVAE+ --realign --step-share 0.5
     python benchmarks/svae_sweep.py --out sweep --report-only --table t.rst  # no fitting
     python benchmarks/svae_sweep.py --out /tmp/q --quick     # the set-up in about a minute
 """
