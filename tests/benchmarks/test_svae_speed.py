@@ -21,3 +21,8 @@ def test_speed_benchmark_prints_each_setting_and_the_ratios(capsys):
     ratio = float(re.search(r"current / floor time per epoch: (\d+\.\d+)", out).group(1))
     assert ratio > 1.0  # the fit does the floor's work and more (2.3 on 2 idle cores)
     assert module.nb_log_prob.MAX_LARGE_SHARE == default  # the kernel setting restored
+    timed = re.search(r"realign_latents: s (\d+\.\d); a realigned fit of 150 epochs (\d+) s "
+                      r"against (\d+) s for 300 epochs \(ratio (\d+\.\d\d)\)", out)
+    assert timed, out
+    search, realigned, plain, _ = map(float, timed.groups())
+    assert search > 0 and realigned > search and plain > 0
