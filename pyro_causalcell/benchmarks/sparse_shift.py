@@ -145,7 +145,8 @@ class SparseShiftBenchmark:
             if value != "auto" and not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name}={value!r}; give a positive integer or \"auto\"")
         check_n_restarts(self.restarts, "restarts")
-        if not (isinstance(self.step_share, (int, float)) and self.step_share > 0):
+        if (isinstance(self.step_share, bool) or not isinstance(self.step_share, (int, float))
+                or not self.step_share > 0):
             raise ValueError(f"step_share={self.step_share!r}; give a positive number (1: the "
                              "automatic schedule, 0.5: half its epochs)")
         owned = sorted(set(self.model_options) & {"n_latent", "n_hidden", "n_layers",

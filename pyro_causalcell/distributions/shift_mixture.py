@@ -15,7 +15,6 @@ No indicator is sampled, so gradients reach :math:`\pi` and :math:`\delta` witho
 from __future__ import annotations
 
 import itertools
-
 import math
 
 import pyro.distributions as dist
@@ -104,6 +103,7 @@ def shift_mixture_log_prob(z: torch.Tensor, perturbation: torch.Tensor, shift: t
     (..., cells, K) tensor
     """
     index, active = active_perturbations(perturbation)  # (cells, M)
+    active = active.to(shift.dtype)
     cell_shift, cell_logit = (  # (..., cells, M, K); padding is masked below
         table.index_select(-2, index.flatten()).unflatten(-2, index.shape)
         for table in (shift, target_logit))

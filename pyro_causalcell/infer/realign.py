@@ -102,7 +102,7 @@ def search_alignment(z: torch.Tensor, perturbation: torch.Tensor, prior, *, n_st
     starts = torch.stack([torch.eye(k)] + [
         torch.linalg.qr(torch.randn(k, k, generator=generator))[0] for _ in range(n_starts - 1)])
     scores, matrices, shifts, logits = _search(prior, standard, perturbation, starts, steps, lr)
-    kept = int(scores.argmax())
+    kept = int(scores.nan_to_num(nan=-torch.inf).argmax())  # a start that diverged loses
     rotation = matrices[kept]
     return Realignment(rotation / scale, offset, shifts[kept], logits[kept],  # @ diag(1 / scale)
                        scores.tolist(), kept)

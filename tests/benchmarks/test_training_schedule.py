@@ -47,7 +47,7 @@ def test_step_share_scales_the_automatic_epochs_only():
         40, 128)
 
 
-@pytest.mark.parametrize("share", [0, -0.5, "half", float("nan")])
+@pytest.mark.parametrize("share", [0, -0.5, "half", float("nan"), True])
 def test_a_bad_step_share_is_named_when_the_benchmark_is_made(share):
     with pytest.raises(ValueError, match=r"step_share=.*; give a positive number"):
         SparseShiftBenchmark(step_share=share)

@@ -85,3 +85,11 @@ def test_log_prob_from_logits_of_single_perturbations_and_controls_has_finite_gr
     got.sum().backward()
     assert torch.isfinite(shift.grad).all() and torch.isfinite(logit.grad).all()
     assert shift.grad.abs().min() > 0 and logit.grad.abs().min() > 0
+
+
+def test_log_prob_from_logits_accepts_a_perturbation_of_another_float_type():
+    perturbation = torch.tensor([[0.0, 0], [1, 0], [1, 1]], dtype=torch.float64)
+    shift, logit, z = torch.randn(2, 3), torch.randn(2, 3), torch.randn(3, 3)
+    got = shift_mixture_log_prob(z, perturbation, shift, logit)
+    want = shift_mixture(perturbation.float(), shift, torch.sigmoid(logit)).log_prob(z)
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-4)
