@@ -132,8 +132,8 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
             if benchmark.models:
                 tables.append(benchmark.run(log=lambda line: log("  " + line)).reset_index())
             rows = pd.concat(tables, ignore_index=True).assign(design=design, seed=seed)
-            runs = pd.concat([runs, rows[KEYS + [c for c in rows if c not in KEYS]]],
-                             ignore_index=True)
+            rows = rows[KEYS + [c for c in rows if c not in KEYS]]
+            runs = rows if runs.empty else pd.concat([runs, rows], ignore_index=True)
             runs.to_csv(path, index=False)
     return runs
 
