@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..data import CellData
 from ..data.prefetch import prefetch
 from ..data.samplers import RandomSampler, Sampler, group_codes, stratified_split
-from ..handlers import block_penalties
+from ..handlers import block_penalties, engine_holds_parameters
 from .checkpoint import read_checkpoint, restore_random_states, write_checkpoint
 from .device import place_data, resolve_device
 from .elbo import DeviceTraceELBO
@@ -98,7 +98,8 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
     model_fn = block_penalties(model.model)
     if getattr(data.counts, "on_disk", False):
         index = index.sort().values  # read the file front to back
-    with evaluation(model), torch.no_grad(), pyro.validation_enabled(False):
+    with (evaluation(model), torch.no_grad(), pyro.validation_enabled(False),
+          engine_holds_parameters()):  # nothing to optimise: no param-store registration
         for batch in data.batches(batch_size, index):
             if device is not None:
                 batch = batch.to(device)
@@ -219,6 +220,13 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
     -------
     TrainingHistory
         The ELBO (without penalties) per epoch, each penalty and adversary loss beside it.
+
+    Notes
+    -----
+    The engine's Adam optimises ``model.parameters()`` directly, so the package's models do
+    not put their networks in Pyro's param store during a fit
+    (:func:`~pyro_causalcell.handlers.register_module`); they do, as ever, when a user runs
+    them under ``pyro.infer.SVI`` or ``Predictive``.
 
     Raises
     ------

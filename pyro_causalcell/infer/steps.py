@@ -28,7 +28,7 @@ from pyro.infer import ELBO
 from torch import nn
 
 from ..data import CellBatch
-from ..handlers import PenaltyMessenger, scale_latents
+from ..handlers import PenaltyMessenger, engine_holds_parameters, scale_latents
 from .distributed import SingleProcess
 
 __all__ = ["Adversary", "TrainingStep", "StepResult", "warmup", "make_adam",
@@ -198,7 +198,8 @@ class TrainingStep:
         leaves every parameter as it was.
         """
         model_fn = self.penalties(self._model_fn) if self._record else self._model_fn
-        with pyro.validation_enabled(validate):
+        # the optimiser holds the parameters: no need to put them in Pyro's param store
+        with pyro.validation_enabled(validate), engine_holds_parameters():
             loss = self.objective(batch, model_fn, self._guide_fn)
         value = loss.item()
         result = StepResult(value, dict(self.penalties.values) if self._record else {})
@@ -214,7 +215,8 @@ class TrainingStep:
                 continue
             optimizer = self.adversary_optimizers[adversary.name]
             for _ in range(adversary.steps):
-                with pyro.validation_enabled(validate):  # as the ELBO: checks on step one only
+                # as the ELBO: checks on step one only, no param-store registration
+                with pyro.validation_enabled(validate), engine_holds_parameters():
                     adversary_loss = adversary.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 adversary_loss.backward()

@@ -46,6 +46,7 @@ from torch import nn
 from .. import sites
 from ..data import BalancedSampler, CellBatch, CellData, CellSchema
 from ..data.samplers import group_codes
+from ..handlers import register_module
 from ..infer.steps import Adversary
 from ..nn import MLP, CountDecoder
 from .blocks import ConditionalNormalPrior, InteractionPrior, LatentBlock
@@ -229,7 +230,7 @@ class FCR(nn.Module):
     # ------------------------------------------------------------------ protocol
     def model(self, batch: CellBatch) -> torch.Tensor:
         """Generative program; returns the ``(batch, n_genes)`` expected expression."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with cells_plate(batch):
             values = observe_all(batch, self.schema)
             x, t, x_groups = self._features(values)
@@ -258,7 +259,7 @@ class FCR(nn.Module):
 
     def guide(self, batch: CellBatch) -> dict[str, torch.Tensor]:
         """``q(z_x | y, x) q(z_t | y, t) q(z_tx | y, x, t)``; returns the samples by site."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         x, t, _ = self._features(self._known_values(batch))
         with cells_plate(batch), poutine.scale(scale=self.beta):
             return {block.site: block.guide(batch, u) for block, u in

@@ -28,6 +28,7 @@ from torch import nn
 from .. import sites
 from ..data import BalancedSampler, CellBatch, CellData, CellSchema
 from ..data.samplers import group_codes
+from ..handlers import register_module
 from ..nn import CountDecoder
 from ..infer.steps import Adversary
 from .blocks import PRIOR_MODES, ConditionalNormalPrior, LatentBlock, NormalPrior
@@ -193,7 +194,7 @@ class InVAE(nn.Module):
 
     def model(self, batch: CellBatch) -> torch.Tensor:
         """Generative program; returns the ``(batch, n_genes)`` expected expression."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with cells_plate(batch):
             values = observe_all(batch, self.schema)
             with poutine.scale(scale=self.beta):
@@ -211,7 +212,7 @@ class InVAE(nn.Module):
 
     def guide(self, batch: CellBatch) -> None:
         """``q(z_inv, z_spur | counts, spurious covariates)``: no invariant covariate needed."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         encoder_covariates = self._encoder_covariates(batch)
         with cells_plate(batch), poutine.scale(scale=self.beta):
             for block, _ in self._blocks():

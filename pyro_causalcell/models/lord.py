@@ -37,6 +37,7 @@ from torch import nn
 
 from .. import sites
 from ..data import CellBatch, CellData, CellSchema
+from ..handlers import register_module
 from ..nn import MLP, CountDecoder
 from .components import cells_plate, emit_counts, feature_width, features, observe_all
 from .registry import register_model
@@ -215,7 +216,7 @@ class LORD(nn.Module):
     # ------------------------------------------------------------------ protocol
     def model(self, batch: CellBatch) -> torch.Tensor:
         """Generative program; returns the ``(batch, n_genes)`` expected expression."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with cells_plate(batch):
             observed = observe_all(batch, self.schema)
             embedding = self.class_embeddings(observed[self.class_key])
@@ -229,7 +230,7 @@ class LORD(nn.Module):
 
     def guide(self, batch: CellBatch) -> torch.Tensor:
         """Stage one: the cell's code; stage two: the encoder's content (with the noise)."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with cells_plate(batch):
             loc = self.encoded_content(batch.counts) if self.stage == 2 else self._codes_of(batch)
             return pyro.sample(CONTENT, self._content_distribution(loc))

@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import sites
 from ..data import BalancedSampler, CellBatch, CellData, CellSchema
+from ..handlers import register_module
 from ..nn import CountDecoder, GaussianEncoder
 from .blocks import LatentBlock, NormalPrior
 from .components import cells_plate, emit_counts, observe_all
@@ -128,7 +129,7 @@ class MultiGroupVI(nn.Module):
     # ------------------------------------------------------------------ protocol
     def model(self, batch: CellBatch) -> torch.Tensor:
         """Generative program; returns the ``(batch, n_genes)`` expected expression."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with cells_plate(batch):
             group = observe_all(batch, self.schema)[sites.DOMAIN]
             z_shared = self.shared.model(batch)
@@ -144,7 +145,7 @@ class MultiGroupVI(nn.Module):
 
     def guide(self, batch: CellBatch) -> None:
         """``q(z_shared | x)`` and the own group's ``q_g(z_private | x)``."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with cells_plate(batch):
             self.shared.guide(batch)
             locs, scales = self.private_posteriors(batch.counts)

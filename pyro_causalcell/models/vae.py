@@ -6,13 +6,13 @@ import contextlib
 import math
 import uuid
 
-import pyro
 import torch
 from pyro import poutine
 from torch import nn
 
 from .. import sites
 from ..data import CellBatch, CellSchema
+from ..handlers import register_module
 from ..nn import CountDecoder, GaussianEncoder
 from .blocks import LatentBlock, NormalPrior
 from .components import (cells_plate, covariate_features, emit_counts, observe_covariates,
@@ -160,7 +160,7 @@ class VAE(nn.Module):
     # ------------------------------------------------------------------ protocol
     def model(self, batch: CellBatch) -> torch.Tensor:
         """Generative program; returns the ``(batch, n_genes)`` expected expression."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         globals_ = self.model_globals(batch)
         with cells_plate(batch):
             domain = observe_domain(batch, self.n_domains) if self.n_domains else None
@@ -176,7 +176,7 @@ class VAE(nn.Module):
 
     def guide(self, batch: CellBatch) -> torch.Tensor:
         """Amortised posterior ``q(z | counts, domain)``; returns the sampled ``z``."""
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         self.guide_globals(batch)
         features = self._covariates(batch.domain, batch.covariates)
         with cells_plate(batch), poutine.scale(scale=self.beta):

@@ -173,3 +173,45 @@ def test_early_stopping_can_watch_a_named_score(data):
     assert history.best_epoch == 1 and history.stopped_early
     assert seen_modes == [False] * 4  # evaluated in evaluation mode
     assert history.to_dataframe()["monitored"].tolist() == [0.1, 0.5, 0.4, 0.3]
+
+
+# ---------------------------------------------------------------------- the param store
+def test_fit_trains_the_networks_without_filling_pyros_param_store(data):
+    from pyro_causalcell import VAE
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model = VAE(data.schema, n_latent=2, n_hidden=16)
+    before = copy.deepcopy(model.state_dict())
+    fit(model, data, max_epochs=2, batch_size=64, lr=1e-2, progress=False)
+    assert len(pyro.get_param_store()) == 0  # the engine's optimiser holds the parameters
+    changed = [k for k, v in model.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.startswith("latent.encoder") for k in changed)
+    assert any(k.startswith("decoder") for k in changed)
+    model.guide(data.batch(torch.arange(8)))  # outside the engine the model registers as ever
+    assert {f"{model.pyro_name}$$${name}" for name, _ in model.named_parameters()} == set(
+        pyro.get_param_store().keys())
+
+
+def test_skipping_the_registration_leaves_the_fit_unchanged(data, monkeypatch):
+    import contextlib
+
+    import pyro_causalcell.infer.steps as steps
+    from pyro_causalcell import VAE
+
+    fitted = []
+    for registering in (False, True):
+        if registering:  # the engine as it was: pyro.module in every step
+            monkeypatch.setattr(steps, "engine_holds_parameters", contextlib.nullcontext)
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        model = VAE(data.schema, n_latent=2, n_hidden=16)
+        history = fit(model, data, max_epochs=2, batch_size=64, lr=1e-2, seed=3,
+                      progress=False)
+        assert (len(pyro.get_param_store()) > 0) == registering
+        fitted.append((history.train_elbo, model.state_dict()))
+    (elbo, state), (elbo_registered, state_registered) = fitted
+    np.testing.assert_allclose(elbo, elbo_registered, rtol=1e-6)
+    for key, value in state.items():
+        torch.testing.assert_close(value, state_registered[key], rtol=1e-5, atol=1e-6)
