@@ -7,9 +7,13 @@ perturbations x 250 cells, 100 genes; 10% of cells for validation):
 
 ``former``
     batch 128, the NB kernel's lookup table for every whole-number count (before the kernel
-    switched to the direct formula when more than 1% of the counts lie beyond the table);
+    switched to the direct formula when more than 1% of the counts lie beyond the table), and
+    the networks registered in Pyro's param store at every step;
+``registering``
+    as ``current`` but with that registration (``pyro.module`` in every step, as before the
+    engine held the parameters itself: :func:`~pyro_causalcell.handlers.register_module`);
 ``current``
-    batch 256 (the benchmark's default) and the current NB kernel;
+    batch 256 (the benchmark's default), the current NB kernel, no registration;
 ``floor``
     the same encoder and decoder (batch norm, dropout), NB likelihood and fused Adam, stepped on
     the same number of minibatches of 256 by a plain PyTorch loop: a standard-normal prior with
@@ -30,6 +34,7 @@ Prints each setting's median seconds per epoch, the ratios, and the implied time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -39,18 +44,25 @@ from torch.distributions import Normal, kl_divergence
 from pyro_causalcell import CellData, SparseShiftVAE, fit, realign_latents
 from pyro_causalcell.benchmarks.sparse_shift import SparseShiftBenchmark
 from pyro_causalcell.distributions import nb_log_prob
+from pyro_causalcell.infer import fit as fit_module
+from pyro_causalcell.infer import steps
 from pyro_causalcell.infer.steps import make_adam
 
 #: share of the cells fit trains on (its default validation_fraction is 0.1)
 TRAINING_SHARE = 0.9
 
-SETTINGS = {"former": dict(batch_size=128, max_large_share=1.0),
-            "current": dict(batch_size=256, max_large_share=nb_log_prob.MAX_LARGE_SHARE)}
+SETTINGS = {"former": dict(batch_size=128, max_large_share=1.0, register=True),
+            "registering": dict(batch_size=256, max_large_share=nb_log_prob.MAX_LARGE_SHARE,
+                                register=True),
+            "current": dict(batch_size=256, max_large_share=nb_log_prob.MAX_LARGE_SHARE,
+                            register=False)}
 
 
-def seconds_per_epoch(data: CellData, batch_size: int, max_large_share: float, epochs: int,
-                      device: str) -> float:
+def seconds_per_epoch(data: CellData, batch_size: int, max_large_share: float, register: bool,
+                      epochs: int, device: str) -> float:
     nb_log_prob.MAX_LARGE_SHARE = max_large_share
+    holds = contextlib.nullcontext if register else steps.engine_holds_parameters
+    steps.engine_holds_parameters = fit_module.engine_holds_parameters = holds
     torch.manual_seed(0)
     model = SparseShiftVAE(data.schema, n_latent=15, sparsity="svae+")
     start = time.perf_counter()
@@ -112,7 +124,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     train, _ = SparseShiftBenchmark(seed=0).simulate()
     data = CellData.from_anndata(train, perturbation_key="perturbation")
-    default = nb_log_prob.MAX_LARGE_SHARE
+    default = nb_log_prob.MAX_LARGE_SHARE, steps.engine_holds_parameters
     times = {name: [] for name in (*SETTINGS, "floor")}
     search = []
     try:
@@ -128,7 +140,8 @@ def main(argv=None) -> None:
                                                           device=args.device))
             search.append(realign_seconds(data))
     finally:
-        nb_log_prob.MAX_LARGE_SHARE = default
+        nb_log_prob.MAX_LARGE_SHARE, steps.engine_holds_parameters = default
+        fit_module.engine_holds_parameters = default[1]
     median = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
         setting = SETTINGS.get(name, "plain PyTorch, batch 256")
@@ -136,6 +149,8 @@ def main(argv=None) -> None:
               f"(median {median[name]:.2f}; 300 epochs {300 * median[name]:.0f} s)")
     print(f"former / current time per epoch: {median['former'] / median['current']:.2f} "
           f"({args.threads} threads, {args.device}, {data.n_cells} cells)")
+    print(f"registering / current time per epoch: "
+          f"{median['registering'] / median['current']:.2f}")
     print(f"current / floor time per epoch: {median['current'] / median['floor']:.2f}")
     plain, realigned = 300 * median["current"], 150 * median["current"] + min(search)
     print(f"realign_latents: s {', '.join(f'{v:.1f}' for v in search)}; a realigned fit of "
