@@ -31,7 +31,7 @@ from ..infer.restarts import check_n_restarts
 from ..metrics import (latent_signs, linear_r2, match_latents, mean_correlation_coefficient,
                        target_auroc, target_precision_recall_f1)
 from ..models import SparseShiftVAE, target_probabilities
-from ..simulate.sparse_shift import sparse_shift, split_perturbations
+from ..simulate.sparse_shift import CONTROL, sparse_shift, split_perturbations
 
 #: an "auto" fit makes at least this many optimiser steps (300 epochs of batch 256 on the
 #: study's 20,000 training cells, which is also 750 epochs of 128 on 4,000), and 300 epochs
@@ -135,7 +135,9 @@ class SparseShiftBenchmark:
     device: str = "auto"
     progress: bool = False
     fitted: dict = field(default_factory=dict, repr=False)
-    """Filled by :meth:`run`: model name -> (transferred model, latents of training cells)."""
+    """Filled by :meth:`run`: model name -> ``{"model": the transferred model, "latent": the
+    training cells' latents, "assignment": the latents matched by absolute correlation, "scores": target
+    scores (perturbations x latents)}``."""
     true_targets: np.ndarray | None = field(default=None, repr=False)
     """Filled by :meth:`run`: the simulation's ``(P, K)`` boolean target graph."""
 
@@ -182,7 +184,9 @@ class SparseShiftBenchmark:
             raise ValueError(f"unknown models {unknown}; choose among {list(MODELS)}")
         train, held = self.simulate()
         self.true_targets = np.asarray(train.uns["true_targets"], dtype=bool)
-        data = CellData.from_anndata(train, perturbation_key="perturbation")
+        has_controls = bool((train.obs["perturbation"] == CONTROL).any())
+        data = CellData.from_anndata(train, perturbation_key="perturbation",
+                                     control=CONTROL if has_controls else None)
         schedule = self.training_schedule(data.n_cells)
         rows = []
         for name in self.models:
