@@ -6,8 +6,9 @@ from .on_disk import OnDiskCounts
 from .samplers import BalancedSampler, RandomSampler, Sampler, WithinGroupSampler
 from .schema import CellSchema, Covariate
 from .storage import DenseCounts, SparseCounts
-from .validation import DataValidationError, NonIntegerCountsWarning
+from .validation import (ControlLikePerturbationWarning, DataValidationError,
+                         NonIntegerCountsWarning)
 
 __all__ = ["CellBatch", "CellData", "CellSchema", "DenseCounts", "SparseCounts", "OnDiskCounts",
-           "DataValidationError", "NonIntegerCountsWarning", "Covariate", "Sampler",
-           "RandomSampler", "BalancedSampler", "WithinGroupSampler"]
+           "DataValidationError", "NonIntegerCountsWarning", "ControlLikePerturbationWarning",
+           "Covariate", "Sampler", "RandomSampler", "BalancedSampler", "WithinGroupSampler"]

@@ -16,6 +16,8 @@ from .schema import COMBINATION_SEPARATOR, CellSchema, perturbation_atoms
 from .on_disk import CountScan, OnDiskCounts, OnDiskMatrix
 from .storage import DenseCounts, SparseCounts
 from .validation import (
+    CONTROL_LIKE_NAMES,
+    ControlLikePerturbationWarning,
     DataValidationError,
     NonIntegerCountsWarning,
     check_counts,
@@ -503,6 +505,8 @@ def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
             "control=None if there are none.")
     seen = sorted({a for atoms in atoms_of.values() for a in atoms})
     if known is None:
+        if control is None:
+            _warn_control_like(values, seen, key)
         known = tuple(seen)
     else:
         check_known(np.array(seen, dtype=object), known, key, "perturbation_key")
@@ -513,3 +517,15 @@ def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
         for atom in atoms:
             codes[rows, column[atom]] = 1.0
     return torch.as_tensor(codes), known
+
+
+def _warn_control_like(values: np.ndarray, perturbations: list[str], key: str) -> None:
+    """Warn when, without ``control=``, a perturbation is named like unperturbed cells."""
+    for name in perturbations:
+        if name.strip().lower() in CONTROL_LIKE_NAMES:
+            n_cells = int(np.sum(values == name))
+            warnings.warn(
+                f"adata.obs[{key!r}] (perturbation_key) holds {name!r} ({n_cells} cells), read as "
+                f"a perturbation with effects of its own because control=None. If these cells are "
+                f"unperturbed, pass control={name!r}.", ControlLikePerturbationWarning,
+                stacklevel=5)  # the caller of CellData.from_anndata

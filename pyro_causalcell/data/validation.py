@@ -21,6 +21,16 @@ class NonIntegerCountsWarning(UserWarning):
     """Counts are not whole numbers (normalised or log-transformed data where raw counts belong)."""
 
 
+class ControlLikePerturbationWarning(UserWarning):
+    """A perturbation is named like the control (``"control"``, ``"ctrl"``, ``"NT"`` ...) but
+    no ``control=`` was given, so its cells are read as perturbed."""
+
+
+#: names that usually mark unperturbed cells (compared case-insensitively)
+CONTROL_LIKE_NAMES = frozenset({"control", "ctrl", "nt", "non-targeting", "nontargeting",
+                                "non_targeting", "untreated", "unperturbed"})
+
+
 def stored_values(matrix) -> np.ndarray:
     """The explicitly stored values of a dense or sparse matrix, as a flat array."""
     if sp.issparse(matrix):

@@ -17,6 +17,7 @@ from pyro_causalcell.data import (
     CellBatch,
     CellData,
     CellSchema,
+    ControlLikePerturbationWarning,
     DataValidationError,
     DenseCounts,
     NonIntegerCountsWarning,
@@ -108,6 +109,27 @@ def test_combination_with_spaces_and_without_control(make_adata):
     torch.testing.assert_close(
         data.perturbation[:4],
         torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("name", ["ctrl", "Non-Targeting", "NT"])
+def test_a_control_like_perturbation_without_control_is_named(make_adata, name):
+    adata = make_adata()
+    adata.obs["perturbation"] = [name, "A", "B", name] * 3
+    with pytest.warns(ControlLikePerturbationWarning,
+                      match=re.escape(f"holds {name!r} (6 cells), read as a perturbation with "
+                                      f"effects of its own because control=None. If these cells "
+                                      f"are unperturbed, pass control={name!r}.")):
+        data = CellData.from_anndata(adata, perturbation_key="perturbation")
+    assert name in data.schema.perturbations  # the data are encoded as asked, not guessed
+
+
+def test_no_control_like_warning_with_control_or_other_names(make_adata, recwarn):
+    adata = make_adata()
+    adata.obs["perturbation"] = ["ctrl", "A", "B", "controlled_gene"] * 3
+    CellData.from_anndata(adata, perturbation_key="perturbation", control="ctrl")
+    adata.obs["perturbation"] = ["A", "B", "controlled_gene", "NTC1"] * 3
+    CellData.from_anndata(adata, perturbation_key="perturbation")
+    assert not [w for w in recwarn if w.category is ControlLikePerturbationWarning]
 
 
 def test_domain_and_label_are_indices_of_sorted_categories(adata, all_keys, layout):
