@@ -506,7 +506,7 @@ def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
     seen = sorted({a for atoms in atoms_of.values() for a in atoms})
     if known is None:
         if control is None:
-            _warn_control_like(values, seen, key)
+            _warn_control_like(values, atoms_of, seen, key)
         known = tuple(seen)
     else:
         check_known(np.array(seen, dtype=object), known, key, "perturbation_key")
@@ -519,11 +519,13 @@ def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
     return torch.as_tensor(codes), known
 
 
-def _warn_control_like(values: np.ndarray, perturbations: list[str], key: str) -> None:
+def _warn_control_like(values: np.ndarray, atoms_of: dict, perturbations: list[str],
+                       key: str) -> None:
     """Warn when, without ``control=``, a perturbation is named like unperturbed cells."""
     for name in perturbations:
-        if name.strip().lower() in CONTROL_LIKE_NAMES:
-            n_cells = int(np.sum(values == name))
+        if name.lower() in CONTROL_LIKE_NAMES:
+            with_name = [value for value, atoms in atoms_of.items() if name in atoms]
+            n_cells = int(np.isin(values, with_name).sum())
             warnings.warn(
                 f"adata.obs[{key!r}] (perturbation_key) holds {name!r} ({n_cells} cells), read as "
                 f"a perturbation with effects of its own because control=None. If these cells are "

@@ -123,6 +123,13 @@ def test_a_control_like_perturbation_without_control_is_named(make_adata, name):
     assert name in data.schema.perturbations  # the data are encoded as asked, not guessed
 
 
+def test_a_control_like_perturbation_counts_its_combinations(make_adata):
+    adata = make_adata()
+    adata.obs["perturbation"] = ["ctrl", "A", "ctrl + B", "B"] * 3
+    with pytest.warns(ControlLikePerturbationWarning, match=re.escape("holds 'ctrl' (6 cells)")):
+        CellData.from_anndata(adata, perturbation_key="perturbation")
+
+
 def test_no_control_like_warning_with_control_or_other_names(make_adata, recwarn):
     adata = make_adata()
     adata.obs["perturbation"] = ["ctrl", "A", "B", "controlled_gene"] * 3
