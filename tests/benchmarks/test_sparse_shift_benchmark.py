@@ -7,7 +7,7 @@ import pytest
 from pyro_causalcell.benchmarks.sparse_shift import SparseShiftBenchmark
 
 TINY = dict(models=["sVAE+"], n_latent=3, n_perturbations=6, n_cells_per_perturbation=30,
-            n_genes=20, n_held_out=2, max_epochs=2, transfer_epochs=1, kl_warmup_epochs=1,
+            n_genes=40, n_held_out=2, max_epochs=2, transfer_epochs=1, kl_warmup_epochs=1,
             n_importance_samples=2, n_hidden=16, seed=0)
 
 

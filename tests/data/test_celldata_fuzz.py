@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_celldata import assert_unchanged, snapshot
 
-from pyro_causalcell.data import CellData, DataValidationError, NonIntegerCountsWarning
+from pyro_causalcell.data import (CellData, ControlLikePerturbationWarning, DataValidationError,
+                                  NonIntegerCountsWarning)
 
 N_EXAMPLES = int(os.environ.get("CAUSALCELL_FUZZ_EXAMPLES", "300"))
 
@@ -109,6 +110,7 @@ def test_every_input_is_a_valid_celldata_or_a_named_error(case):
     before = snapshot(adata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonIntegerCountsWarning)
+        warnings.simplefilter("ignore", ControlLikePerturbationWarning)  # 'ctrl', control=None
         try:
             data = CellData.from_anndata(adata, **keys)
         except DataValidationError as error:
@@ -130,6 +132,7 @@ def test_the_fuzzer_reaches_both_outcomes():
         adata, keys = case
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NonIntegerCountsWarning)
+            warnings.simplefilter("ignore", ControlLikePerturbationWarning)
             try:
                 CellData.from_anndata(adata, **keys)
                 outcomes["valid"] += 1
