@@ -506,7 +506,7 @@ def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
     seen = sorted({a for atoms in atoms_of.values() for a in atoms})
     if known is None:
         if control is None:
-            _warn_control_like(values, atoms_of, seen, key)
+            _warn_control_like(values, atoms_of, key)
         known = tuple(seen)
     else:
         check_known(np.array(seen, dtype=object), known, key, "perturbation_key")
@@ -519,10 +519,11 @@ def _encode_perturbations(values: np.ndarray, key: str, control: str | None,
     return torch.as_tensor(codes), known
 
 
-def _warn_control_like(values: np.ndarray, atoms_of: dict, perturbations: list[str],
-                       key: str) -> None:
-    """Warn when, without ``control=``, a perturbation is named like unperturbed cells."""
-    for name in perturbations:
+def _warn_control_like(values: np.ndarray, atoms_of: dict, key: str) -> None:
+    """Warn when, without ``control=``, a perturbation is named like unperturbed cells.
+
+    ``atoms_of`` maps each distinct value of ``values`` to the perturbations it names."""
+    for name in sorted({atom for atoms in atoms_of.values() for atom in atoms}):
         if name.lower() in CONTROL_LIKE_NAMES:
             with_name = [value for value, atoms in atoms_of.items() if name in atoms]
             n_cells = int(np.isin(values, with_name).sum())

@@ -80,6 +80,13 @@ def anndatas(draw) -> tuple[ad.AnnData, dict]:
     return adata, keys
 
 
+def ignore_expected_warnings() -> None:
+    """Inside ``warnings.catch_warnings()``: silence what the generated data may rightly raise
+    (float counts; 'ctrl' drawn with control=None)."""
+    for category in (NonIntegerCountsWarning, ControlLikePerturbationWarning):
+        warnings.simplefilter("ignore", category)
+
+
 def assert_valid(data: CellData, adata: ad.AnnData) -> None:
     n, g = adata.shape
     assert data.counts.shape == (n, g) and data.n_cells == n
@@ -109,8 +116,7 @@ def test_every_input_is_a_valid_celldata_or_a_named_error(case):
     adata, keys = case
     before = snapshot(adata)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NonIntegerCountsWarning)
-        warnings.simplefilter("ignore", ControlLikePerturbationWarning)  # 'ctrl', control=None
+        ignore_expected_warnings()
         try:
             data = CellData.from_anndata(adata, **keys)
         except DataValidationError as error:
@@ -131,8 +137,7 @@ def test_the_fuzzer_reaches_both_outcomes():
     def count(case):
         adata, keys = case
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NonIntegerCountsWarning)
-            warnings.simplefilter("ignore", ControlLikePerturbationWarning)
+            ignore_expected_warnings()
             try:
                 CellData.from_anndata(adata, **keys)
                 outcomes["valid"] += 1
