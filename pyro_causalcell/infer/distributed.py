@@ -106,7 +106,14 @@ class DataParallel(SingleProcess):
 
     def device(self, device: torch.device) -> torch.device:
         if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            local_rank, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+            if local_rank >= visible:
+                raise RuntimeError(
+                    f"strategy='ddp' on CUDA gives each process its own GPU, but this process "
+                    f"has LOCAL_RANK={local_rank} and {visible} GPU(s) are visible: launch at "
+                    f"most {visible} process(es) per machine (torchrun --nproc_per_node "
+                    f"{visible}), or train on the CPU with device='cpu'.")
+            device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         self._device = device
         return device

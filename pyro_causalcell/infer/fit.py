@@ -23,7 +23,8 @@ from .device import place_data, resolve_device
 from .elbo import DeviceTraceELBO
 from .distributed import make_strategy
 from .history import TrainingHistory
-from .protocol import check_schema, evaluation, non_finite_parameters, seeded
+from .protocol import (check_schema, evaluation, model_device, non_finite_parameters,
+                       seeded)
 from .steps import Adversary, StepResult, TrainingStep, Weight, only_training, warmup
 
 
@@ -91,9 +92,11 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
 
     Global latent sites enter once for the whole set: each batch's loss is scaled to the set
     and the batches are averaged with weights proportional to their size. Penalties
-    (``pyro.factor`` sites) are left out: this is the ELBO itself.
+    (``pyro.factor`` sites) are left out: this is the ELBO itself. Minibatches are moved to
+    ``device``, by default the model's (so a model fitted on a GPU scores CPU data).
     """
     elbo = elbo or DeviceTraceELBO()
+    device = model_device(model) if device is None else device
     total = 0.0
     model_fn = block_penalties(model.model)
     if getattr(data.counts, "on_disk", False):
@@ -101,8 +104,7 @@ def evaluate_elbo(model, data: CellData, index: torch.Tensor, *, batch_size: int
     with (evaluation(model), torch.no_grad(), pyro.validation_enabled(False),
           engine_holds_parameters()):  # nothing to optimise: no param-store registration
         for batch in data.batches(batch_size, index):
-            if device is not None:
-                batch = batch.to(device)
+            batch = batch.to(device)
             total += elbo.differentiable_loss(model_fn, model.guide, batch).item() * len(batch)
     n = len(index)
     return -total / n / n
@@ -333,7 +335,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
                     if len(validation_index):
                         score = evaluate_elbo(model, data, validation_index,
                                               batch_size=max(batch_size, 1024), elbo=step.elbo,
-                                              device=device if copy_batches else None)
+                                              device=device)
                         score = parallel.from_main(score)
                         if not math.isfinite(score):
                             raise _diverged(model, step, last_good, history, start,

@@ -135,11 +135,12 @@ def transfer(model, data: ad.AnnData | CellData, perturbations=None, *, max_epoc
 def known_rows_unchanged(before, after) -> bool:
     """Whether every parameter of ``before`` is identical in ``after`` (known rows only).
 
-    A check for :func:`transfer`: tables that gained rows are compared on their first rows.
+    A check for :func:`transfer`: tables that gained rows are compared on their first rows, on
+    ``before``'s device (the two models may sit on different devices).
     """
     after_state = after.state_dict()
     for name, value in before.state_dict().items():
-        new = after_state[name]
+        new = after_state[name].to(value.device)
         if not torch.equal(value, new[: value.shape[0]] if value.dim() else new):
             return False
     return True

@@ -461,7 +461,7 @@ def test_control_without_perturbation_key(adata):
 
 @pytest.mark.parametrize("field", ["perturbation", "domain", "label"])
 def test_nan_in_categorical_obs_column(adata, field):
-    column = adata.obs[field].astype(object).to_numpy()
+    column = adata.obs[field].astype(object).to_numpy(copy=True)  # writable under pandas 3
     column[5] = np.nan
     adata.obs[field] = column
     with raises(f"adata.obs[{field!r}] ({field}_key) has 1 missing values"):

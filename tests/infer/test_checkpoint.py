@@ -119,7 +119,8 @@ def test_a_fit_killed_mid_run_resumes_to_the_same_end(tmp_path):
 
     def run(*args):
         # the package of this checkout, whatever is installed
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])) }
         return subprocess.run([sys.executable, str(script), *map(str, args)],
                               capture_output=True, text=True, timeout=600, env=env)
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pyro_causalcell import CellData, SparseShiftVAE, counterfactual, fit, interventional, latent
+from pyro_causalcell.infer.protocol import model_device
 from pyro_causalcell.models.components import cells_plate
 
 A, SZ, SX = 1.5, 0.8, 0.5
@@ -475,10 +476,12 @@ def test_models_with_global_latents_draw_them_once_per_pass(simulated_svae, scm)
 
     model, adata, _ = simulated_svae
     batch = CellData.from_anndata(adata[:8].copy(), schema=model.schema).batch(torch.arange(8))
+    batch = batch.to(model_device(model))
     assert _particles_per_pass(model, batch, None, 20) == 1  # shift, target_probability
     assert _particles_per_pass(model, batch, 5, 20) == 5
     scm_model, scm_data, _ = scm
-    assert _particles_per_pass(scm_model, scm_data.batch(torch.arange(4)), None, 20) == 20
+    scm_batch = scm_data.batch(torch.arange(4)).to(model_device(scm_model))
+    assert _particles_per_pass(scm_model, scm_batch, None, 20) == 20
     big = CellData.from_anndata(adata, schema=model.schema).batch(torch.arange(512))
     from pyro_causalcell import VAE
     assert _particles_per_pass(VAE(model.schema), big, None, 20) == 8  # 4096 rows a pass

@@ -24,7 +24,7 @@ EPOCHS = 12
 
 def launch(tmp_path: Path, model: str, batch_size: int) -> list[dict]:
     """Run ``ddp_worker.py`` in 2 processes; their saved histories and parameters."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CAUSALCELL_DEVICE": "cpu"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", str(Path(__file__).parent / "ddp_worker.py"),
                str(tmp_path), model, str(batch_size), str(EPOCHS)]
@@ -74,3 +74,15 @@ def test_ddp_without_a_launcher_names_torchrun(monkeypatch):
     with pytest.raises(ValueError, match=r"strategy='fsdp'; use None \(one process\) or 'ddp'"):
         fit(ddp_worker.build("vae", data), data, max_epochs=1, strategy="fsdp",
             progress=False)
+
+
+def test_more_processes_than_gpus_is_named(monkeypatch):
+    from pyro_causalcell.infer.distributed import DataParallel
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    strategy = object.__new__(DataParallel)  # the device choice needs no process group
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK=1 and 1 GPU\(s\) are visible: launch at "
+                       r"most 1 process\(es\) per machine \(torchrun --nproc_per_node 1\), or "
+                       r"train on the CPU with device='cpu'"):
+        strategy.device(torch.device("cuda"))

@@ -42,11 +42,11 @@ class CriticVAE(nn.Module):
     def model(self, batch):
         pyro.module("critic_vae", self)
         with cells_plate(batch):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([len(batch), 2]).to_event(1))
+            z = pyro.sample("z", dist.Normal(batch.counts.new_zeros(len(batch), 2), 1.0).to_event(1))
             emit_counts(self.decoder, z, batch)
             fooled = F.cross_entropy(self.critic(z), batch.domain, reduction="none")
             pyro.factor("fool_critic", fooled)  # larger when the critic is wrong
-            pyro.factor("constant", torch.full((len(batch),), self.penalty))
+            pyro.factor("constant", batch.counts.new_full((len(batch),), self.penalty))
 
     def guide(self, batch):
         pyro.module("critic_vae", self)
@@ -138,14 +138,14 @@ def test_two_stage_fit_trains_only_the_chosen_parameters(data):
     fit(model, data, max_epochs=2, progress=False, device="cpu",
         parameters=list(model.decoder.parameters()), penalty_weights={"fool_critic": 0.0})
     for name, value in model.encoder.state_dict().items():
-        assert torch.equal(value, encoder[name]), name  # frozen in stage one
+        assert torch.equal(value.cpu(), encoder[name]), name  # frozen in stage one
     assert all(p.requires_grad for p in model.parameters())  # and released afterwards
     decoder = copy.deepcopy(model.decoder.state_dict())
     fit(model, data, max_epochs=2, progress=False, device="cpu",
         parameters=list(model.encoder.parameters()), penalty_weights={"fool_critic": 0.0})
     for name, value in model.decoder.state_dict().items():
-        assert torch.equal(value, decoder[name]), name
-    assert not all(torch.equal(v, encoder[k]) for k, v in model.encoder.state_dict().items())
+        assert torch.equal(value.cpu(), decoder[name].cpu()), name
+    assert not all(torch.equal(v.cpu(), encoder[k]) for k, v in model.encoder.state_dict().items())
 
 
 def test_adversary_names_must_be_distinct(data):
@@ -186,10 +186,10 @@ def test_fit_trains_the_networks_without_filling_pyros_param_store(data):
     fit(model, data, max_epochs=2, batch_size=64, lr=1e-2, progress=False)
     assert len(pyro.get_param_store()) == 0  # the engine's optimiser holds the parameters
     changed = [k for k, v in model.state_dict().items()
-               if v.is_floating_point() and not torch.equal(v, before[k])]
+               if v.is_floating_point() and not torch.equal(v.cpu(), before[k])]
     assert any(k.startswith("latent.encoder") for k in changed)
     assert any(k.startswith("decoder") for k in changed)
-    model.guide(data.batch(torch.arange(8)))  # outside the engine the model registers as ever
+    model.cpu().guide(data.batch(torch.arange(8)))  # outside the engine it registers as ever
     assert {f"{model.pyro_name}$$${name}" for name, _ in model.named_parameters()} == set(
         pyro.get_param_store().keys())
 

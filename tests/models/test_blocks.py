@@ -13,6 +13,7 @@ from torch import nn
 from pyro_causalcell import CellData, counterfactual, fit, latent, load, save
 from pyro_causalcell.models import (ConditionalNormalPrior, LatentBlock, NormalPrior,
                                     register_model)
+from pyro_causalcell.infer.protocol import model_device
 from pyro_causalcell.models.components import cells_plate, emit_counts, features, observe_all
 from pyro_causalcell.nn import CountDecoder
 from pyro_causalcell.simulate import cell_types
@@ -74,10 +75,10 @@ def test_counterfactual_moves_only_the_block_the_intervention_reaches(fitted):
     same = counterfactual(model, data, {"domain": data.domain}, n_samples=3, batch_size=128)
     assert np.abs(moved.X - same.X).mean() > 1e-3 * np.abs(same.X).mean()
     # the domain enters only z_spur's prior: the abducted z_inv is the same in both worlds
-    batch = data.batch(torch.arange(16))
+    batch = data.batch(torch.arange(16)).to(model_device(model))
     guide = poutine.trace(model.guide).get_trace(batch)
-    intervened = poutine.trace(poutine.replay(pyro.do(model.model, data={"domain": other[:16]}),
-                                              trace=guide)).get_trace(batch)
+    to_other = pyro.do(model.model, data={"domain": 1 - batch.domain})
+    intervened = poutine.trace(poutine.replay(to_other, trace=guide)).get_trace(batch)
     assert torch.equal(intervened.nodes["z_inv"]["value"], guide.nodes["z_inv"]["value"])
 
 

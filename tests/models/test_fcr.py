@@ -202,14 +202,15 @@ def test_fit_trains_the_discriminators_apart_and_round_trips(adata, data, tmp_pa
     before = [p.detach().clone() for p in model.discriminators.parameters()]
     history = fit(model, data, max_epochs=3, batch_size=128, progress=False, device="cpu")
     assert "adversary_permutation" in history.to_dataframe()
-    assert all(not torch.equal(b, p) for b, p in zip(before, model.discriminators.parameters()))
+    assert all(not torch.equal(b, p.cpu()) for b, p in zip(before,
+                                                        model.discriminators.parameters()))
     path = save(model, tmp_path / "fcr")
     loaded = load(path, data)
     for site in ["z_x", "z_t", "z_tx"]:
         torch.testing.assert_close(torch.as_tensor(latent(loaded, data, site=site)),
                                    torch.as_tensor(latent(model, data, site=site)))
     torch.testing.assert_close(loaded.tx_block.prior.covariate_means,
-                               model.tx_block.prior.covariate_means)
+                               model.tx_block.prior.covariate_means.cpu())
     cells = CellData.from_anndata(adata[:20], schema=data.schema)
     treated = counterfactual(model, cells, {"perturbation": "treatment_1", "dose": 1.0},
                              n_samples=2)

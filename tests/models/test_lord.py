@@ -38,7 +38,7 @@ def stage_one(model, data, epochs: int = 3) -> LORD:
 def test_sites_shapes_and_the_decoder_reads_class_and_content_only(data, replayed):
     model = small(data)
     stage_one(model, data, epochs=1)
-    batch = data.batch(torch.arange(32))
+    batch = data.batch(torch.arange(32)).to(model.codes.device)
     guide, trace = replayed(model, batch)
     assert trace.nodes["z_content"]["value"].shape == (32, 3)
     assert trace.nodes["z_content"]["value"] is guide.nodes["z_content"]["value"]
@@ -49,7 +49,7 @@ def test_sites_shapes_and_the_decoder_reads_class_and_content_only(data, replaye
     # stage one: the guide is the cell's own code, blurred by the content noise
     fn = guide.nodes["z_content"]["fn"]
     torch.testing.assert_close(fn.mean, model.codes[:32])
-    torch.testing.assert_close(fn.base_dist.scale, torch.full((32, 3), 0.1))
+    torch.testing.assert_close(fn.base_dist.scale.cpu(), torch.full((32, 3), 0.1))
     assert model.codes.shape == (data.n_cells, 3) and model.stage == 1
     point = stage_one(small(data, content_noise=0.0), data, epochs=1)
     assert isinstance(replayed(point, batch)[0].nodes["z_content"]["fn"], dist.Delta)
@@ -131,10 +131,10 @@ def test_save_and_load_keep_the_stage_and_the_codes(data, tmp_path):
     model = stage_one(small(data), data, epochs=2)
     path = save(model, tmp_path / "lord.pt")
     loaded = load(path)
-    assert loaded.stage == 1 and torch.equal(loaded.codes, model.codes)
-    np.testing.assert_allclose(latent(loaded, data), latent(model, data))
+    assert loaded.stage == 1 and torch.equal(loaded.codes, model.codes.cpu())
+    np.testing.assert_allclose(latent(loaded, data), latent(model, data), rtol=1e-5, atol=1e-6)
     fit(model, data, max_epochs=2, progress=False, device="cpu",
         parameters=model.start_stage_two())
     loaded = load(save(model, tmp_path / "lord2.pt"))
     assert loaded.stage == 2
-    np.testing.assert_allclose(latent(loaded, data), latent(model, data), rtol=1e-6)
+    np.testing.assert_allclose(latent(loaded, data), latent(model, data), rtol=1e-5, atol=1e-6)
