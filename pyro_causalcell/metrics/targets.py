@@ -31,25 +31,25 @@ class PrecisionRecallF1(NamedTuple):
 
 
 def match_latents(true_latents: np.ndarray, learned_latents: np.ndarray, *,
-                  signed: bool = True, method: str = "pearson") -> np.ndarray:
+                  signed: bool = False, method: str = "pearson") -> np.ndarray:
     r"""Match each true latent to a distinct learned latent by correlation (Hungarian).
 
-    The assignment maximises the summed correlation of matched pairs. As in the sVAE reference
-    evaluation, the *signed* correlation is used by default: a learned latent that tracks a
-    true one with flipped sign is not rewarded. With ``signed=False`` absolute correlations are
-    matched instead (the matching of :func:`~.identifiability.mean_correlation_coefficient`).
+    The assignment maximises the summed absolute correlation of matched pairs (the matching of
+    :func:`~.identifiability.mean_correlation_coefficient`): a latent's sign is not identifiable
+    (flipping a latent, and the decoder and shifts with it, leaves the model unchanged).
 
-    A latent's sign is not identifiable (flipping a latent, and the decoder and shifts with it,
-    leaves the model unchanged), so resolve the signs first for signed matching to mean what it
-    should: ``match_latents(true, learned * latent_signs(true, learned))`` then agrees with
-    ``signed=False``.
+    ``signed=True`` matches on signed correlation, as the sVAE reference evaluation does: a
+    learned latent that tracks a true one with flipped sign is not rewarded, and is paired with
+    another true latent, its column of targets with it. Resolve the signs first for it to mean
+    what it should: ``match_latents(true, learned * latent_signs(true, learned), signed=True)``
+    then agrees with the default.
 
     Parameters
     ----------
     true_latents : (n_cells, k_true) array
     learned_latents : (n_cells, k_learned) array
     signed : bool
-        Match on signed (default) or absolute correlation.
+        Match on absolute (default) or signed correlation.
     method : {"pearson", "spearman"}
 
     Returns

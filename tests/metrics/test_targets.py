@@ -62,9 +62,12 @@ def test_latent_signs_make_signed_matching_agree_with_absolute_matching(true_lat
     # the target graph scores the same under both protocols once the signs are resolved
     learned_graph = true_targets[:, PERM]
     assert target_precision_recall_f1(
-        true_targets, learned_graph, match_latents(true_latents, oriented)).f1 == 1.0
+        true_targets, learned_graph, match_latents(true_latents, oriented, signed=True)).f1 == 1.0
     assert target_precision_recall_f1(
-        true_targets, learned_graph, match_latents(true_latents, learned)).f1 < 1.0
+        true_targets, learned_graph, match_latents(true_latents, learned, signed=True)).f1 < 1.0
+    # the default matches on absolute correlation: flipped latents keep their targets
+    assert target_precision_recall_f1(
+        true_targets, learned_graph, match_latents(true_latents, learned)).f1 == 1.0
 
 
 def test_latent_signs_leave_unmatched_latents_positive(true_latents):
