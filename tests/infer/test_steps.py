@@ -42,7 +42,8 @@ class CriticVAE(nn.Module):
     def model(self, batch):
         pyro.module("critic_vae", self)
         with cells_plate(batch):
-            z = pyro.sample("z", dist.Normal(batch.counts.new_zeros(len(batch), 2), 1.0).to_event(1))
+            prior = dist.Normal(batch.counts.new_zeros(len(batch), 2), 1.0)
+            z = pyro.sample("z", prior.to_event(1))
             emit_counts(self.decoder, z, batch)
             fooled = F.cross_entropy(self.critic(z), batch.domain, reduction="none")
             pyro.factor("fool_critic", fooled)  # larger when the critic is wrong

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pyro_causalcell import LORD, CellData, counterfactual, fit, latent, load, save
+from pyro_causalcell.infer.protocol import model_device
 from pyro_causalcell.simulate import invariant_spurious
 
 
@@ -38,7 +39,7 @@ def stage_one(model, data, epochs: int = 3) -> LORD:
 def test_sites_shapes_and_the_decoder_reads_class_and_content_only(data, replayed):
     model = small(data)
     stage_one(model, data, epochs=1)
-    batch = data.batch(torch.arange(32)).to(model.codes.device)
+    batch = data.batch(torch.arange(32)).to(model_device(model))
     guide, trace = replayed(model, batch)
     assert trace.nodes["z_content"]["value"].shape == (32, 3)
     assert trace.nodes["z_content"]["value"] is guide.nodes["z_content"]["value"]
