@@ -214,20 +214,29 @@ def batch_move(model, adata) -> tuple[float, ad.AnnData]:
     return np.corrcoef(predicted_shift, observed_shift)[0, 1], moved
 
 
-def test_a_user_written_model_gets_fit_latent_and_counterfactuals():
+def user_model_fitted(seed: int, max_epochs: int = 150, lr: float = 1e-2):
+    """DomainOffsetVAE fitted from ``seed`` on two simulated batches (data seed 0). Its domain
+    offsets start at zero and move by about ``lr`` per step: 60 epochs at 3e-3 (about 300
+    steps) left them short on half of the seeds 0-7 (correlation below, 0.10-0.91)."""
     from pyro_causalcell.simulate import cell_types
 
     adata = cell_types(n_cells=600, n_genes=40, n_cell_types=2, n_batches=2, batch_strength=2.0,
                        seed=0)
     data = CellData.from_anndata(adata, domain_key="batch")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = DomainOffsetVAE(data.schema)
-    history = fit(model, data, max_epochs=60, lr=3e-3, progress=False)
+    history = fit(model, data, max_epochs=max_epochs, lr=lr, progress=False, seed=seed)
+    return model, adata, data, history
+
+
+def test_a_user_written_model_gets_fit_latent_and_counterfactuals():
+    model, adata, data, history = user_model_fitted(seed=0)
     assert history.validation_elbo[-1] > history.validation_elbo[0]
     assert latent(model, data).shape == (600, 3)
     correlation, moved = batch_move(model, adata)
-    # the observed difference also holds sampling noise and cell-type composition (0.73 here)
-    assert correlation > 0.6
+    # the observed difference also holds sampling noise and cell-type composition: 0.909-0.997
+    # on training seeds 0-15 (this one 0.909)
+    assert correlation > 0.8, correlation
     assert set(moved.obs["intervention"]) == {f"do(domain={data.schema.domains[1]})"}
 
 
