@@ -74,8 +74,7 @@ def test_nuisance_latent_block_sites_shapes_and_errors(adata):
         HSICVAE(data.schema, nuisance=[])
 
 
-def nuisance_scores(adata, seed: int, max_epochs: int = 80, lr: float = 3e-3,
-                    hsic_weight: float = 1000.0) -> dict:
+def nuisance_scores(adata, seed: int, max_epochs: int = 80, hsic_weight: float = 1000.0) -> dict:
     """A VAE and HSICVAEs with a nuisance block (HSIC off and on), fitted from ``seed``: HSIC of
     z / u with the batch, batch mixing of z, HSIC between z and u, and validation ELBOs."""
     # no domain in the decoder: the batch effect must go through a latent
@@ -90,7 +89,7 @@ def nuisance_scores(adata, seed: int, max_epochs: int = 80, lr: float = 3e-3,
                                    nuisance_latent=2, hsic_weight=hsic_weight))]:
         torch.manual_seed(seed)
         model = make()
-        history = fit(model, data, max_epochs=max_epochs, lr=lr, progress=False, device="cpu",
+        history = fit(model, data, max_epochs=max_epochs, lr=3e-3, progress=False, device="cpu",
                       seed=seed)
         fitted[name] = (model, latent(model, data), history.validation_elbo[-1])
     z_vae, z_off, z_on = (fitted[n][1] for n in ("vae", "off", "on"))
