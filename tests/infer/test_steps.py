@@ -15,6 +15,7 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pyro_causalcell import CellData, fit
+from pyro_causalcell.infer.protocol import model_device
 from pyro_causalcell.infer.steps import Adversary, TrainingStep, warmup
 from pyro_causalcell.models.components import cells_plate, emit_counts
 from pyro_causalcell.nn import CountDecoder, GaussianEncoder
@@ -125,12 +126,24 @@ def test_penalty_weights_follow_a_schedule(data):
 
 
 def test_fit_adds_the_models_adversaries_and_records_their_loss(data):
+    """fit steps the model's critic: on the latents of a frozen encoder (only the decoder is
+    trained, so the critic's task stays put) it ends better than its untrained copy, by
+    0.028-0.36 in cross-entropy over initial weights 0-15. The former assertion, a recorded
+    loss that falls over 4 epochs (two minibatches an epoch), failed on 3 of those 16 with the
+    encoder frozen and on 2 of 12 in the full game, where the encoder fights back and the
+    critic lost to its untrained copy on 2 of 16 (12 epochs)."""
     model = new_model(data)
+    untrained = copy.deepcopy(model.critic.state_dict())
     model.adversaries = lambda: [Adversary("critic", model.critic, model.critic_loss, lr=0.05)]
-    history = fit(model, data, max_epochs=4, progress=False, device="cpu")
-    assert len(history.adversary_loss["critic"]) == 4
-    assert history.adversary_loss["critic"][-1] < history.adversary_loss["critic"][0]
+    history = fit(model, data, max_epochs=12, progress=False, device="cpu", seed=0,
+                  parameters=list(model.decoder.parameters()))
+    assert len(history.adversary_loss["critic"]) == 12
     assert "adversary_critic" in history.to_dataframe().columns
+    batch = data.batch(torch.arange(data.n_cells)).to(model_device(model))
+    with torch.no_grad():
+        trained_loss = model.critic_loss(batch).item()
+        model.critic.load_state_dict(untrained)
+        assert model.critic_loss(batch).item() > trained_loss + 0.01
 
 
 def test_two_stage_fit_trains_only_the_chosen_parameters(data):
