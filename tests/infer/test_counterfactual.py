@@ -216,8 +216,9 @@ def batch_move(model, adata) -> tuple[float, ad.AnnData]:
 
 def user_model_fitted(seed: int, max_epochs: int = 150, lr: float = 1e-2):
     """DomainOffsetVAE fitted from ``seed`` on two simulated batches (data seed 0). Its domain
-    offsets start at zero and move by about ``lr`` per step: 60 epochs at 3e-3 (about 300
-    steps) left them short on half of the seeds 0-7 (correlation below, 0.10-0.91)."""
+    offsets start at zero and Adam moves them by about ``lr`` a step: with 60 epochs at 3e-3
+    (about 300 steps) the test's correlation was 0.10-0.42 on 3 of the seeds 0-7 (0.73-0.91
+    on the others), presumably offsets left short."""
     from pyro_causalcell.simulate import cell_types
 
     adata = cell_types(n_cells=600, n_genes=40, n_cell_types=2, n_batches=2, batch_strength=2.0,
