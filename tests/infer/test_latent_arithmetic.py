@@ -74,7 +74,7 @@ def test_prediction_decodes_the_shifted_latent_of_each_cell(linear, adata):
     np.testing.assert_allclose(delta, z[labels == "B"].mean(0) - z[labels == "T"].mean(0),
                                rtol=1e-5)
     shifted = np.log1p(cells.X[:, :2]) + delta
-    np.testing.assert_allclose(result.X, shifted @ model.B.detach().numpy() + 10.0, rtol=1e-5)
+    np.testing.assert_allclose(result.X, shifted @ model.B.detach().cpu().numpy() + 10.0, rtol=1e-5)
     assert list(result.obs_names) == list(cells.obs_names)
     assert list(result.var_names) == list(data.schema.genes)
     assert result.obs["intervention"].iloc[0] == "latent arithmetic z + (label: B - T)"

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pyro_causalcell import FCR, VAE, CellData, counterfactual, fit, latent
+from pyro_causalcell.infer.protocol import model_device
 from pyro_causalcell.metrics import (conditional_independence_test, kmeans,
                                      mean_correlation_coefficient,
                                      normalized_mutual_information)
@@ -66,7 +67,8 @@ def block_scores(seed: int) -> dict:
         torch.manual_seed(0)
         with torch.no_grad():
             model.eval()
-            z = {k: v.numpy()[cells] for k, v in model.guide(data.batch(torch.arange(n))).items()}
+            batch = data.batch(torch.arange(n)).to(model_device(model))
+            z = {k: v.cpu().numpy()[cells] for k, v in model.guide(batch).items()}
         scores["independence", name] = [
             conditional_independence_test(z["z_tx"], z[other], groups[cells], n_permutations=200)
             for other in ("z_x", "z_t")]

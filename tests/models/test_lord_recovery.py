@@ -13,6 +13,7 @@ import torch
 
 from pyro_causalcell import LORD, CellData, fit, latent
 from pyro_causalcell.infer import train_classifier
+from pyro_causalcell.infer.protocol import model_device
 from pyro_causalcell.simulate import invariant_spurious
 
 
@@ -47,12 +48,12 @@ def lord_scores(seed: int) -> dict:
     model = LORD(data.schema, n_latent_class=4, n_latent_content=8)
     fit(model, data, max_epochs=200, lr=3e-2, validation_fraction=0.0, progress=False,
         device="cpu", seed=seed)
-    codes = model.codes.detach().numpy().copy()
+    codes = model.codes.detach().cpu().numpy().copy()
     labels = data.label.numpy()
     scores = {"chance": np.bincount(labels).max() / len(labels)}
     for kind in ("linear", "mlp"):
         scores[f"content {kind}"] = held_out_accuracy(codes, labels, kind)
-    embedding = model.class_embeddings(data.label).detach().numpy()
+    embedding = model.class_embeddings(data.label.to(model_device(model))).detach().cpu().numpy()
     scores["class embedding mlp"] = held_out_accuracy(embedding, labels, "mlp")
     fit(model, data, max_epochs=100, lr=3e-3, progress=False, device="cpu", seed=seed,
         parameters=model.start_stage_two())

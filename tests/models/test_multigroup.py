@@ -8,6 +8,7 @@ import torch
 
 from pyro_causalcell import (VAE, BalancedSampler, CellData, MultiGroupVI, fit, latent, load,
                              save)
+from pyro_causalcell.infer.protocol import model_device
 from pyro_causalcell.metrics import (batch_mixing, label_silhouette,
                                      mean_correlation_coefficient)
 from pyro_causalcell.simulate import shared_private
@@ -106,9 +107,9 @@ def multigroup_scores(seed: int, max_epochs: int = 150) -> dict:
     scores["silhouette"] = (label_silhouette(private, groups), label_silhouette(shared, groups))
     # other groups' private encoders should put a cell near zero
     with torch.no_grad():
-        counts = data.batch(torch.arange(data.n_cells)).counts
+        counts = data.batch(torch.arange(data.n_cells)).to(model_device(model)).counts
         locs, _ = model.private_posteriors(counts)
-    own = torch.as_tensor(data.domain)
+    own = torch.as_tensor(data.domain).to(locs.device)
     norms = locs.norm(dim=-1)  # (groups, cells)
     is_own = torch.nn.functional.one_hot(own, data.schema.n_domains).T.bool()
     scores["norm ratio"] = float(norms[~is_own].mean() / norms[is_own].mean())
