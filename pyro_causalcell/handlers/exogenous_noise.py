@@ -5,7 +5,8 @@ function of its parents and an exogenous noise :math:`u`. For the families used 
 
 - **Normal** ``Normal(loc, scale)``: :math:`z = \mathrm{loc} + \mathrm{scale}\cdot\epsilon`,
   so :math:`\epsilon = (z - \mathrm{loc}) / \mathrm{scale}` (exact abduction);
-- **mixture of Normals** (``MixtureSameFamily``, e.g. a perturbation that hits a latent in
+- **mixture of Normals** (``MixtureSameFamily`` or
+  :class:`~pyro_causalcell.distributions.ShiftMixture`, e.g. a perturbation that hits a latent in
   some cells): the component is chosen by the Gumbel-max rule
   :math:`c = \arg\max_i (\ell_i + g_i)` with :math:`g_i \sim \mathrm{Gumbel}(0, 1)`; abduction
   draws the component from its posterior given :math:`z`, the Gumbels from their posterior
@@ -33,7 +34,7 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 
-from ..distributions import CoordinateMixture
+from ..distributions import CoordinateMixture, ShiftMixture
 
 
 @dataclass
@@ -72,7 +73,8 @@ def _component(components: torch.distributions.Normal, index: torch.Tensor):
 
 
 def _is_normal_mixture(fn) -> bool:
-    return (isinstance(fn, torch.distributions.MixtureSameFamily)
+    """A ``MixtureSameFamily`` of Normals, or a law that offers one (``ShiftMixture``)."""
+    return (isinstance(fn, (torch.distributions.MixtureSameFamily, ShiftMixture))
             and isinstance(fn.component_distribution, torch.distributions.Normal))
 
 

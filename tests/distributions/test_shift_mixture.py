@@ -93,3 +93,43 @@ def test_log_prob_from_logits_accepts_a_perturbation_of_another_float_type():
     got = shift_mixture_log_prob(z, perturbation, shift, logit)
     want = shift_mixture(perturbation.float(), shift, torch.sigmoid(logit)).log_prob(z)
     assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-4)
+
+
+def test_log_prob_matches_the_mixture_of_normals_it_offers():
+    """The closed-form log density against torch's MixtureSameFamily of the same components,
+    with controls, single perturbations and combinations, and leading sample dimensions."""
+    torch.manual_seed(1)
+    perturbation = torch.tensor([[0.0, 0, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]])
+    shift, probability = torch.randn(4, 3) * 3, torch.rand(4, 3)
+    law = shift_mixture(perturbation, shift, probability)
+    z = torch.randn(2, 4, 3) * 2
+    want = law.as_mixture().log_prob(z)
+    assert want.shape == law.log_prob(z).shape == (2, 4, 3)
+    assert torch.allclose(law.log_prob(z), want, atol=1e-4)
+    assert law.component_distribution.batch_shape == (4, 3, 8)  # 2^3 subsets
+    expanded = law.expand((2, 4, 3))
+    assert expanded.batch_shape == (2, 4, 3)
+    assert torch.allclose(expanded.log_prob(z), want, atol=1e-4)
+    assert torch.allclose(expanded.as_mixture().log_prob(z), want, atol=1e-4)
+
+
+def test_mean_and_variance_are_the_mixtures():
+    perturbation = torch.tensor([[0.0, 0], [1, 0], [1, 1]])
+    shift, probability = torch.tensor([[2.0, -1.0], [0.5, 3.0]]), torch.tensor([[0.3, 0.9],
+                                                                               [0.6, 0.2]])
+    law = shift_mixture(perturbation, shift, probability)
+    mixture = law.as_mixture()
+    assert torch.allclose(law.mean, mixture.mean, atol=1e-5)
+    assert torch.allclose(law.variance, mixture.variance, atol=1e-4)
+    assert law.mean[0].abs().max() == 0 and torch.allclose(law.variance[0], torch.ones(2))
+
+
+def test_single_perturbation_log_prob_has_gradients_only_where_the_cell_has_one():
+    shift = torch.tensor([[1.0, -2.0], [3.0, 0.5]], requires_grad=True)
+    probability = torch.tensor([[0.4, 0.7], [0.2, 0.5]], requires_grad=True)
+    perturbation = torch.tensor([[0.0, 0], [1, 0], [1, 0]])  # row 1 of the tables is unused
+    law = shift_mixture(perturbation, shift, probability, n_max=1)
+    law.log_prob(torch.randn(3, 2)).sum().backward()
+    assert torch.isfinite(shift.grad).all() and torch.isfinite(probability.grad).all()
+    assert shift.grad[0].abs().min() > 0 and probability.grad[0].abs().min() > 0
+    assert shift.grad[1].abs().max() == 0 and probability.grad[1].abs().max() == 0
