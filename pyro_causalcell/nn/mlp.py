@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .dropout import PackedDropout
+
 
 class MinibatchNorm(nn.BatchNorm1d):
     """``BatchNorm1d`` that uses its running statistics for a batch of one cell.
@@ -38,7 +40,7 @@ class MLP(nn.Module):
     activation : type of nn.Module
         Nonlinearity after each hidden layer.
     dropout : float
-        Dropout rate after each hidden activation.
+        Dropout rate after each hidden activation (:class:`PackedDropout`).
     norm : {None, "layer", "batch"}
         Normalise each hidden layer's pre-activation (``nn.LayerNorm`` or ``nn.BatchNorm1d``).
         Layer norm treats every cell on its own (no train / eval difference); batch norm
@@ -62,7 +64,7 @@ class MLP(nn.Module):
                      "batch": lambda w: MinibatchNorm(w, momentum=0.01, eps=1e-3)}[norm]
         self.norms = nn.ModuleList(make_norm(w) for w in hidden)
         self.activation = activation()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = PackedDropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``(batch, n_input)`` (and ``(batch, n_covariates)``) to ``(batch, n_output)``."""

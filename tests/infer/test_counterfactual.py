@@ -114,6 +114,10 @@ def test_errors_name_the_problem(scm):
 # ---------------------------------------------------------------------- sVAE vs simulated truth
 @pytest.fixture(scope="module")
 def simulated_svae():
+    """sVAE+ fitted for 100 epochs. At 60 epochs the counterfactual test below failed on
+    training seed 0 of 0-7 once the dropout masks changed (PackedDropout: mean correlation
+    0.786, min 0.537; 0.96-0.98 on seeds 1-7); at 100 epochs seeds 0-11 gave a mean of
+    0.962-0.986 and a minimum of 0.867-0.981."""
     from pyro_causalcell.simulate.sparse_shift import sparse_shift
 
     adata, world, _ = sparse_shift(n_latent=4, n_perturbations=6, n_cells_per_perturbation=150,
@@ -122,7 +126,7 @@ def simulated_svae():
     torch.manual_seed(0)
     model = SparseShiftVAE(data.schema, n_latent=4, n_hidden=64, sparsity="svae+",
                            sparsity_weight=20.0)
-    fit(model, data, max_epochs=60, kl_warmup_epochs=10, lr=3e-3, progress=False)
+    fit(model, data, max_epochs=100, kl_warmup_epochs=10, lr=3e-3, progress=False)
     return model, adata, world
 
 
