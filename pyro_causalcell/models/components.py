@@ -63,8 +63,8 @@ def observe_perturbation(batch: CellBatch) -> torch.Tensor:
     (batch, n_perturbations) float tensor
         The (possibly intervened) multi-hot perturbations.
     """
-    probs = batch.perturbation.new_full((batch.perturbation.shape[-1],), 0.5)
-    return pyro.sample(sites.PERTURBATION, dist.Bernoulli(probs).to_event(1),
+    logits = batch.perturbation.new_zeros((batch.perturbation.shape[-1],))  # probability 1/2
+    return pyro.sample(sites.PERTURBATION, dist.Bernoulli(logits=logits).to_event(1),
                        obs=batch.perturbation)
 
 
