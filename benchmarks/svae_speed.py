@@ -8,14 +8,20 @@ perturbations x 250 cells, 100 genes; 10% of cells for validation):
 ``former``
     batch 128, the NB kernel's lookup table for every whole-number count (before the kernel
     switched to the direct formula when more than 1% of the counts lie beyond the table), and
-    the networks registered in Pyro's param store at every step;
+    the networks registered in Pyro's param store at every step, and torch's dropout and
+    mixture density (as in ``torch-parts``);
 ``registering``
     as ``current`` but with that registration (``pyro.module`` in every step, as before the
     engine held the parameters itself: :func:`~pyro_causalcell.handlers.register_module`);
+``torch-parts``
+    as ``current`` but with torch's ``nn.Dropout`` in the networks (one random draw per entry)
+    and the shift mixture's density computed by ``MixtureSameFamily`` over its :math:`2^M`
+    components, as before :class:`~pyro_causalcell.nn.PackedDropout` and the closed-form
+    :meth:`ShiftMixture.log_prob <pyro_causalcell.distributions.ShiftMixture.log_prob>`;
 ``current``
     batch 256 (the benchmark's default), the current NB kernel, no registration;
 ``floor``
-    the same encoder and decoder (batch norm, dropout), NB likelihood and fused Adam, stepped on
+    the same encoder and decoder (batch norm, :class:`PackedDropout`), NB likelihood and fused Adam, stepped on
     the same number of minibatches of 256 by a plain PyTorch loop: a standard-normal prior with
     its closed-form KL, no perturbation prior, no Pyro trace, no validation. What a fit of
     these networks costs before any of the model's structure or the engine's bookkeeping.
@@ -28,7 +34,7 @@ Prints each setting's median seconds per epoch, the ratios, and the implied time
 ``docs/sparse_shift.rst`` (batch 256 reached MCC 0.925 on the tuning seed where 128 reached
 0.924)::
 
-    python benchmarks/svae_speed.py            # about 3 minutes on 2 CPU cores
+    python benchmarks/svae_speed.py            # 1-3 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ import contextlib
 import statistics
 import time
 
+import pyro.distributions as dist
 import torch
+from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from pyro_causalcell import CellData, SparseShiftVAE, fit, realign_latents
@@ -47,24 +55,48 @@ from pyro_causalcell.distributions import nb_log_prob
 from pyro_causalcell.infer import fit as fit_module
 from pyro_causalcell.infer import steps
 from pyro_causalcell.infer.steps import make_adam
+from pyro_causalcell.models.shift_priors import SparseShifts
+from pyro_causalcell.nn import PackedDropout
 
 #: share of the cells fit trains on (its default validation_fraction is 0.1)
 TRAINING_SHARE = 0.9
 
-SETTINGS = {"former": dict(batch_size=128, max_large_share=1.0, register=True),
+SETTINGS = {"former": dict(batch_size=128, max_large_share=1.0, register=True,
+                          torch_parts=True),
             "registering": dict(batch_size=256, max_large_share=nb_log_prob.MAX_LARGE_SHARE,
-                                register=True),
+                                register=True, torch_parts=False),
+            "torch-parts": dict(batch_size=256, max_large_share=nb_log_prob.MAX_LARGE_SHARE,
+                                register=False, torch_parts=True),
             "current": dict(batch_size=256, max_large_share=nb_log_prob.MAX_LARGE_SHARE,
-                            register=False)}
+                            register=False, torch_parts=False)}
+
+
+class TorchMixtureShifts(SparseShifts):
+    """sVAE+'s perturbation prior whose mechanism is the ``MixtureSameFamily`` of Normals."""
+
+    def mechanism(self, perturbation, globals_):
+        return dist.Independent(super().mechanism(perturbation, globals_).base_dist.as_mixture(),
+                                1)
+
+
+def use_torch_parts(model: SparseShiftVAE) -> None:
+    """``nn.Dropout`` for every :class:`PackedDropout` and the mixture's density by torch."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, PackedDropout):
+                setattr(module, name, nn.Dropout(child.p))
+    model.shifts.__class__ = TorchMixtureShifts
 
 
 def seconds_per_epoch(data: CellData, batch_size: int, max_large_share: float, register: bool,
-                      epochs: int, device: str) -> float:
+                      torch_parts: bool, epochs: int, device: str) -> float:
     nb_log_prob.MAX_LARGE_SHARE = max_large_share
     holds = contextlib.nullcontext if register else steps.engine_holds_parameters
     steps.engine_holds_parameters = fit_module.engine_holds_parameters = holds
     torch.manual_seed(0)
     model = SparseShiftVAE(data.schema, n_latent=15, sparsity="svae+")
+    if torch_parts:
+        use_torch_parts(model)
     start = time.perf_counter()
     fit(model, data, max_epochs=epochs, batch_size=batch_size, lr=1e-2, kl_warmup_epochs=50,
         device=device, seed=0, progress=False)
@@ -151,6 +183,8 @@ def main(argv=None) -> None:
           f"({args.threads} threads, {args.device}, {data.n_cells} cells)")
     print(f"registering / current time per epoch: "
           f"{median['registering'] / median['current']:.2f}")
+    print(f"torch-parts / current time per epoch: "
+          f"{median['torch-parts'] / median['current']:.2f}")
     print(f"current / floor time per epoch: {median['current'] / median['floor']:.2f}")
     plain, realigned = 300 * median["current"], 150 * median["current"] + min(search)
     print(f"realign_latents: s {', '.join(f'{v:.1f}' for v in search)}; a realigned fit of "
