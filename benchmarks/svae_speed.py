@@ -21,10 +21,11 @@ perturbations x 250 cells, 100 genes; 10% of cells for validation):
 ``current``
     batch 256 (the benchmark's default), the current NB kernel, no registration;
 ``floor``
-    the same encoder and decoder (batch norm, :class:`PackedDropout`), NB likelihood and fused Adam, stepped on
-    the same number of minibatches of 256 by a plain PyTorch loop: a standard-normal prior with
-    its closed-form KL, no perturbation prior, no Pyro trace, no validation. What a fit of
-    these networks costs before any of the model's structure or the engine's bookkeeping.
+    the same encoder and decoder (batch norm, :class:`PackedDropout`), NB likelihood and fused
+    Adam, stepped on the same number of minibatches of 256 by a plain PyTorch loop: a
+    standard-normal prior with its closed-form KL, no perturbation prior, no Pyro trace, no
+    validation. What a fit of these networks costs before any of the model's structure or the
+    engine's bookkeeping.
 
 Prints each setting's median seconds per epoch, the ratios, and the implied time of a
 300-epoch fit. It also times :func:`~pyro_causalcell.infer.realign_latents` on the same cells
