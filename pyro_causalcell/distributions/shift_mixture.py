@@ -68,17 +68,18 @@ def _log_density(z: torch.Tensor, cell_shift: torch.Tensor, cell_logit: torch.Te
     active : (cells, M) tensor
         1 for a cell's perturbations, 0 for padding.
     """
-    on = active.unsqueeze(-1) > 0.5  # (cells, M, 1)
-    normaliser = F.softplus(cell_logit).masked_fill(~on, 0.0).sum(-2)
+    padding = active.unsqueeze(-1) < 0.5  # (cells, M, 1)
+    normaliser = F.softplus(cell_logit).masked_fill(padding, 0.0).sum(-2)
+    cell_shift = cell_shift.masked_fill(padding, 0.0)
     if cell_shift.shape[-2] == 1:  # one perturbation per cell: no sum over subsets
-        loc = cell_shift.masked_fill(~on, 0.0).squeeze(-2)
-        logit = cell_logit.masked_fill(~on, -math.inf).squeeze(-2)
+        loc = cell_shift.squeeze(-2)
+        logit = cell_logit.masked_fill(padding, -math.inf).squeeze(-2)
         mixture = F.softplus(logit + loc * (z - 0.5 * loc))
     else:
         subsets = _subsets(cell_shift.shape[-2], cell_shift)  # (C, M)
         impossible = (1 - active.to(subsets.dtype)) @ subsets.t() > 0  # (cells, C)
-        loc = torch.einsum("...nmk,cm->...nkc", cell_shift.masked_fill(~on, 0.0), subsets)
-        subset_logit = torch.einsum("...nmk,cm->...nkc", cell_logit.masked_fill(~on, 0.0),
+        loc = torch.einsum("...nmk,cm->...nkc", cell_shift, subsets)
+        subset_logit = torch.einsum("...nmk,cm->...nkc", cell_logit.masked_fill(padding, 0.0),
                                     subsets).masked_fill(impossible.unsqueeze(-2), -math.inf)
         terms = subset_logit + loc * (z.unsqueeze(-1) - 0.5 * loc)  # (..., cells, K, C)
         mixture = torch.logsumexp(F.pad(terms, (1, 0)), -1)  # the empty subset's term is 0
