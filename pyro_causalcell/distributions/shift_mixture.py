@@ -118,6 +118,11 @@ class ShiftMixture(TorchDistribution):
         probability = self.cell_probability
         return probability.clamp_min(1e-30).log() - torch.log1p(-probability.clamp_max(1 - 1e-7))
 
+    @lazy_property
+    def _active_probability(self) -> torch.Tensor:
+        """:math:`\\pi` of each slot, 0 for padding: ``(..., cells, M, K)``."""
+        return self.cell_probability * self.active.unsqueeze(-1)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
@@ -135,7 +140,7 @@ class ShiftMixture(TorchDistribution):
     def mixture_distribution(self) -> dist.Categorical:
         """``Categorical`` over the subsets, batch shape ``(cells, K)``."""
         subsets = _subsets(self.active.shape[-1], self.cell_shift, empty=True)
-        probability = self.cell_probability * self.active.unsqueeze(-1)
+        probability = self._active_probability
         on = probability.clamp_min(1e-30).log().unsqueeze(-1)  # (..., cells, M, K, 1)
         off = torch.log1p(-probability.clamp_max(1 - 1e-7)).unsqueeze(-1)
         chosen = subsets.t().reshape(subsets.shape[1], 1, subsets.shape[0])  # (M, 1, C)
@@ -150,11 +155,11 @@ class ShiftMixture(TorchDistribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        return (self.cell_probability * self.active.unsqueeze(-1) * self.cell_shift).sum(-2)
+        return (self._active_probability * self.cell_shift).sum(-2)
 
     @property
     def variance(self) -> torch.Tensor:
-        probability = self.cell_probability * self.active.unsqueeze(-1)
+        probability = self._active_probability
         return 1.0 + (probability * (1 - probability) * self.cell_shift ** 2).sum(-2)
 
     def expand(self, batch_shape, _instance=None) -> "ShiftMixture":
