@@ -30,6 +30,7 @@ when the launcher has not created one.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable, Iterator
 
@@ -38,6 +39,11 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["SingleProcess", "DataParallel", "make_strategy", "LAUNCH_HINT"]
+
+#: the DistributedDataParallel keyword that turns off its buffer broadcast at every forward pass
+_BUFFER_SYNC_KEYWORD = ("forward_sync_buffers" if "forward_sync_buffers" in
+                        inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                        else "broadcast_buffers")
 
 LAUNCH_HINT = ("launch one process per device with torchrun, e.g. "
                "'torchrun --nproc_per_node 2 my_fit.py', and call fit(..., strategy=\"ddp\") in "
@@ -128,10 +134,12 @@ class DataParallel(SingleProcess):
         return mine
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """``module`` under DistributedDataParallel (parameters broadcast from process 0)."""
-        # buffers are made to agree once per epoch (synchronise_buffers), not at every step
+        """``module`` under DistributedDataParallel (parameters and buffers broadcast from
+        process 0 at the start)."""
+        # buffers are made to agree once per epoch (synchronise_buffers), not at every step;
+        # torch 2.13 renamed the switch (``broadcast_buffers`` warns there)
         return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True,
-                                                   broadcast_buffers=False)
+                                                   **{_BUFFER_SYNC_KEYWORD: False})
 
     def batches(self, batches: Iterable, n_cells: int) -> Iterator:
         """The batches while every process still has one (a process whose sampler runs out
