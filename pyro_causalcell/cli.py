@@ -50,6 +50,16 @@ def positive_float_or_auto(text: str) -> float | str:
     return "auto" if text == "auto" else positive_float(text)
 
 
+def positive_int_or_auto(text: str) -> int | str:
+    """argparse type: ``auto`` or an integer >= 1."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
+def non_negative_int_or_auto(text: str) -> int | str:
+    """argparse type: ``auto`` or an integer >= 0."""
+    return "auto" if text == "auto" else non_negative_int(text)
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1)."""
     value = float(text)
@@ -75,16 +85,29 @@ Run `causalcell <command> --help` for every option. An output folder must be new
 """
 
 
-def _add_training_options(parser: argparse.ArgumentParser, max_epochs: int) -> None:
-    group = parser.add_argument_group("training")
-    group.add_argument("--max-epochs", type=positive_int, default=max_epochs,
+#: ``causalcell fit``'s training settings left at "auto", for models without a schedule of
+#: their own (a model's ``default_schedule(n_cells)``: the sparse-shift models')
+GENERIC_SCHEDULE = dict(max_epochs=100, batch_size=128, lr=1e-3, kl_warmup_epochs=10)
+SCHEDULE_HELP = ("'auto': the model's schedule for the number of cells (svae, svae+, ivae: "
+                 "pyro_causalcell.sparse_shift_schedule, e.g. 300 epochs of 256 on 20,000 cells "
+                 "and 750 of 128 on 4,000, lr 0.01, warm-up 50; other models: {})")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "training", SCHEDULE_HELP.format(", ".join(f"{k} {v}" for k, v in
+                                                   GENERIC_SCHEDULE.items())))
+    group.add_argument("--max-epochs", type=positive_int_or_auto, default="auto",
                        help="default: %(default)s")
-    group.add_argument("--batch-size", type=positive_int, default=128,
+    group.add_argument("--batch-size", type=positive_int_or_auto, default="auto",
                        help="default: %(default)s")
-    group.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate "
-                       "(default: %(default)s)")
-    group.add_argument("--kl-warmup-epochs", type=non_negative_int, default=10,
+    group.add_argument("--lr", type=positive_float_or_auto, default="auto",
+                       help="Adam learning rate (default: %(default)s)")
+    group.add_argument("--kl-warmup-epochs", type=non_negative_int_or_auto, default="auto",
                        help="epochs over which the KL weight rises to 1 (default: %(default)s)")
+    group.add_argument("--realign", action="store_true",
+                       help="svae / svae+ only: search the latents' linear alignment after 2/3 "
+                            "of the epochs and fit the rest (fit_with_realignment)")
     group.add_argument("--checkpoint", type=Path, help="checkpoint the fit to this file every "
                        "epoch; run the same command again to resume after a crash or a kill")
     _add_run_options(group)
@@ -170,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--library-key", help="numeric column with library sizes "
                       "(default: total counts)")
     _add_model_options(fit)
-    _add_training_options(fit, max_epochs=100)
+    _add_training_options(fit)
     _add_validation_options(fit)
     _add_benchmark_parser(commands)
     return parser
@@ -306,13 +329,33 @@ def run_benchmark(args, out: Path) -> dict:
     return {"table": json.loads(table.to_json(orient="index"))}
 
 
+def training_schedule(model, n_cells: int, args) -> dict:
+    """``max_epochs``, ``batch_size``, ``lr`` and ``kl_warmup_epochs`` of a fit: the given
+    values, and for those left at "auto" the model's ``default_schedule(n_cells)`` (else
+    :data:`GENERIC_SCHEDULE`). Checks ``--realign`` and ``--checkpoint`` against the model."""
+    own = getattr(model, "default_schedule", None)
+    defaults = own(n_cells) if own is not None else GENERIC_SCHEDULE
+    schedule = {key: defaults[key] if getattr(args, key) == "auto" else getattr(args, key)
+                for key in GENERIC_SCHEDULE}
+    if args.realign:
+        if not getattr(model, "has_targets", False):
+            raise CommandLineError(f"--realign: --model {args.model} has no sparse perturbation "
+                                   "targets to align the latents with; use svae or svae+, or "
+                                   "drop --realign")
+        if schedule["max_epochs"] < 2 or args.checkpoint is not None:
+            raise CommandLineError("--realign fits in two parts: give --max-epochs of at least "
+                                   "2 and no --checkpoint")
+    return schedule
+
+
 def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pyro
 
-    from .infer import fit, latent, save
+    from .infer import fit, fit_with_realignment, latent, save
+    from .infer.schedule import REALIGN_AFTER
     from .models import target_probabilities
     from .plotting import plot_elbo, plot_latent
 
@@ -331,21 +374,26 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
                     **variant)
     except ValueError as error:  # settings the data cannot support, named by the model
         raise CommandLineError(f"--model {name}: {error}") from None
-    settings = dict(batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-                    kl_warmup_epochs=args.kl_warmup_epochs, progress=not args.quiet)
+    schedule = training_schedule(model, data.n_cells, args)
+    max_epochs = schedule.pop("max_epochs")
+    settings = dict(**schedule, device=args.device, seed=args.seed, progress=not args.quiet)
     validation = dict(validation_fraction=args.validation_fraction,
                       early_stopping=args.early_stopping, patience=args.patience)
     checkpoint = args.checkpoint
     if hasattr(model, "start_stage_two"):  # LORD: codes of every cell, then the encoder
         first = None if checkpoint is None else checkpoint.with_name(checkpoint.name + ".stage1")
-        stage_one = fit(model, data, max_epochs=args.max_epochs, validation_fraction=0.0,
+        stage_one = fit(model, data, max_epochs=max_epochs, validation_fraction=0.0,
                         checkpoint=first, **settings)
         stage_one.to_dataframe().to_csv(out / "history_stage_one.csv", index=False)
         history = fit(model, data, max_epochs=args.encoder_epochs,
                       parameters=model.start_stage_two(), checkpoint=checkpoint, **validation,
                       **settings)
+    elif args.realign:
+        history = fit_with_realignment(model, data, max_epochs=max_epochs,
+                                       realign_after=round(REALIGN_AFTER * max_epochs),
+                                       **validation, **settings)
     else:
-        history = fit(model, data, max_epochs=args.max_epochs, checkpoint=checkpoint,
+        history = fit(model, data, max_epochs=max_epochs, checkpoint=checkpoint,
                       **validation, **settings)
     z = latent(model, data)
     save(model, out / "model.pt")
@@ -375,6 +423,9 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
         "n_cells": data.n_cells,
         "n_genes": data.schema.n_genes,
         "epochs": history.n_epochs,
+        "schedule": dict(max_epochs=max_epochs, batch_size=settings["batch_size"],
+                         lr=settings["lr"], kl_warmup_epochs=settings["kl_warmup_epochs"],
+                         realign=args.realign),
         "train_elbo_per_cell": history.train_elbo[-1],
         "validation_elbo_per_cell": history.validation_elbo[-1] if history.validation_elbo
         else None,

@@ -228,7 +228,12 @@ def test_fit_svae_plus_writes_target_probabilities(tmp_path, capsys):
     table = pd.read_csv(out / "target_probabilities.csv", index_col=0)
     assert list(table.index) == ["p0", "p1", "p2", "p3"] and table.shape == (4, 3)
     assert ((table > 0) & (table < 1)).all().all()
-    assert json.loads(capsys.readouterr().out.split("\nwrote")[0])["model"] == "svae+"
+    report = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert report["model"] == "svae+"
+    # settings left at "auto" follow the sparse-shift schedule of 150 cells (batch 64 leaves
+    # the fewest minibatches, lr 0.01, warm-up 50); the given --max-epochs wins
+    assert report["schedule"] == dict(max_epochs=2, batch_size=64, lr=0.01,
+                                      kl_warmup_epochs=50, realign=False)
     # the default sparsity weight was set from the 27 training cells per perturbation
     assert load(out / "model.pt").sparsity_weight == pytest.approx(0.4 * 27, abs=0.4 * 3)
     with pytest.raises(SystemExit):
@@ -236,6 +241,46 @@ def test_fit_svae_plus_writes_target_probabilities(tmp_path, capsys):
               "--sparsity-weight", "strong", *FAST])
     assert "--sparsity-weight: invalid positive_float_or_auto value: 'strong'" in (
         capsys.readouterr().err)
+
+
+def test_fit_settings_left_at_auto_are_the_generic_schedule_for_a_vae(h5ad, tmp_path, capsys):
+    assert main(["fit", "--model", "vae", str(h5ad), "--out", str(tmp_path / "a"), *FAST]) == 0
+    report = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert report["schedule"] == dict(max_epochs=2, batch_size=128, lr=1e-3,
+                                      kl_warmup_epochs=10, realign=False)
+    assert main(["fit", "--model", "vae", str(h5ad), "--out", str(tmp_path / "b"), *FAST,
+                 "--batch-size", "32", "--lr", "0.005", "--kl-warmup-epochs", "0"]) == 0
+    report = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert report["schedule"] == dict(max_epochs=2, batch_size=32, lr=0.005,
+                                      kl_warmup_epochs=0, realign=False)
+
+
+def test_fit_realign_fits_svae_plus_in_two_parts(tmp_path, capsys):
+    from pyro_causalcell.simulate.sparse_shift import sparse_shift
+
+    path = tmp_path / "cells.h5ad"
+    sparse_shift(n_latent=3, n_perturbations=4, n_cells_per_perturbation=30, n_genes=40,
+                 n_control_cells=30, seed=0).write_h5ad(path)
+    code = main(["fit", "--model", "svae+", str(path), "--out", str(tmp_path / "out"),
+                 "--perturbation-key", "perturbation", "--control", "control", "--n-latent",
+                 "3", "--realign", *FAST[:1], "3", *FAST[2:]])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert report["schedule"]["realign"] is True and report["epochs"] == 3
+    # two epochs warming up over the schedule's 50, the realignment, one epoch at weight 1
+    history = pd.read_csv(tmp_path / "out" / "history.csv")
+    assert history["kl_weight"].tolist() == pytest.approx([1 / 50, 2 / 50, 1.0])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vae", "--realign"], "--realign: --model vae has no sparse perturbation "
+                                      "targets to align the latents with"),
+])
+def test_realign_is_refused_for_a_model_without_targets(h5ad, tmp_path, capsys, argv, message):
+    code = main(["fit", str(h5ad), "--out", str(tmp_path / "o"), *argv, *FAST])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_benchmark_sparse_shift_writes_its_table(tmp_path):

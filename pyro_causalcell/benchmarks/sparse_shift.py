@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,54 +27,17 @@ from ..data import CellData
 from ..infer import (fit, fit_restarts, fit_with_realignment, latent,
                      mean_importance_weighted_elbo, transfer)
 from ..infer.restarts import check_n_restarts
+from ..infer.schedule import (KL_WARMUP_EPOCHS, LR, REALIGN_AFTER, auto_batch_size,
+                              auto_max_epochs)
 from ..metrics import (latent_signs, linear_r2, match_latents, mean_correlation_coefficient,
                        target_auroc, target_precision_recall_f1)
 from ..models import SparseShiftVAE, target_probabilities
 from ..simulate.sparse_shift import CONTROL, sparse_shift, split_perturbations
 
-#: an "auto" fit makes at least this many optimiser steps (300 epochs of batch 256 on the
-#: study's 20,000 training cells, which is also 750 epochs of 128 on 4,000), and 300 epochs
-STEPS = 300 * 20_000 / 256
-MIN_EPOCHS = 300
-#: an "auto" batch size is the largest of these that leaves this many steps per epoch
-BATCH_SIZES = (256, 128, 64)
-MIN_STEPS_PER_EPOCH = 25
-#: with ``realign=True``: the share of the epochs fitted before the realignment
-REALIGN_AFTER = 2 / 3
-
 
 def can_realign(model: str) -> bool:
     """Whether benchmark model ``model`` has a sparse perturbation prior to realign by."""
     return MODELS[model].get("sparsity") in ("svae", "svae+")
-
-
-def auto_max_epochs(n_cells: int, batch_size: int) -> int:
-    """Epochs of a benchmark fit: ``max(300, ceil(23,437.5 * batch_size / n_cells))``, so every
-    fit makes at least the 23,437.5 optimiser steps of 300 epochs of 256 on 20,000 cells.
-
-    Chosen on seed 0 (sVAE+, MCC monitored during the fit). What a fit needs is a number of
-    updates, not of passes over the cells: the study's design (20,000 training cells) gained
-    nothing after 300 epochs of 256 (MCC 0.925), but 300 epochs of 512, half the steps, reached
-    0.765 (lr 0.01) and 0.818 (lr 0.02); on 4,000 cells (10 latents, 40 x 100 cells, 200 genes;
-    batch 128, lambda 50) MCC rose until about 750 epochs (0.763 / 0.817 / 0.855 / 0.871 /
-    0.872 at 200 / 300 / 500 / 700 / 800), the same number of steps; and on 12,800 cells (20
-    latents, 160 x 80 cells, 300 genes; batch 256) it rose from 0.554 at 300 epochs to 0.628
-    at 600, which an earlier rule in passes over the cells (``3e6 / n_cells``) cut at 300.
-    It is a floor, not a law: on the 4,000 cells, batch 64 (twice the steps per epoch) gave
-    the same MCC per epoch as 128.
-    """
-    return max(MIN_EPOCHS, math.ceil(STEPS * batch_size / n_cells))
-
-
-def auto_batch_size(n_cells: int) -> int:
-    """The largest of 256, 128 and 64 that gives ``n_cells`` at least 25 minibatches (else 64).
-
-    On the 4,000-cell design of :func:`auto_max_epochs` (seed 0, 300 epochs), batch 256 (16
-    steps per epoch) reached MCC 0.648 where 128 reached 0.767 (64: 0.817 with lambda 50,
-    against 0.817 for 128, at twice the time per epoch); on the study's design 256 and 128 tie.
-    """
-    return next((size for size in BATCH_SIZES if n_cells / size >= MIN_STEPS_PER_EPOCH),
-                BATCH_SIZES[-1])
 
 
 #: the study's five models: SparseShiftVAE keyword arguments. sVAE and sVAE+ take the default
@@ -112,19 +74,21 @@ class SparseShiftBenchmark:
     (``dropout=0``, ``sparsity_weight=72`` ...); ``sparsity``, ``beta`` and the sizes
     (``n_latent``, ``n_hidden``, ``n_layers``) are the benchmark's own."""
     max_epochs: int | str = "auto"
-    """``"auto"``: :func:`auto_max_epochs` (300 on the study's design; more on data with fewer
-    minibatches per epoch, so that every fit makes as many optimiser steps)."""
+    """``"auto"``: :func:`~pyro_causalcell.infer.schedule.auto_max_epochs` (300 on the study's
+    design; more on data with fewer minibatches per epoch, so that every fit makes as many
+    optimiser steps)."""
     batch_size: int | str = "auto"
-    """``"auto"``: :func:`auto_batch_size` (256 on the study's design, 128 on small data)."""
-    lr: float = 1e-2
-    kl_warmup_epochs: int = 50
+    """``"auto"``: :func:`~pyro_causalcell.infer.schedule.auto_batch_size` (256 on the study's
+    design, 128 on small data)."""
+    lr: float = LR
+    kl_warmup_epochs: int = KL_WARMUP_EPOCHS
     restarts: int = 1
     """Fits of each model from different initialisations; the best validation ELBO is kept
     (:func:`~pyro_causalcell.infer.fit_restarts`)."""
     realign: bool = False
     """Fit sVAE / sVAE+ with :func:`~pyro_causalcell.infer.fit_with_realignment`: the first
-    :data:`REALIGN_AFTER` of the epochs, a search for the latents' linear alignment, then the
-    rest (the same number of epochs in all)."""
+    :data:`~pyro_causalcell.infer.schedule.REALIGN_AFTER` of the epochs, a search for the
+    latents' linear alignment, then the rest (the same number of epochs in all)."""
     step_share: float = 1.0
     """Scales the schedule of every fit: the ``"auto"`` epochs and the KL warm-up (rounded; e.g.
     0.5: half the optimiser steps, for fits with ``realign=True``)."""

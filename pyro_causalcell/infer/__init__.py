@@ -16,6 +16,7 @@ from .posterior import global_posterior
 from .predictor import LatentClassifier, train_classifier
 from .realign import Realignment, fit_with_realignment, realign_latents, search_alignment
 from .restarts import Restart, fit_restarts, restart_score
+from .schedule import sparse_shift_schedule
 from .serialization import ModelFileError, ModelSchemaMismatchError, load, save
 from .transfer import TransferResult, known_rows_unchanged, transfer
 
@@ -27,4 +28,5 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
            "LatentClassifier", "train_classifier", "covariate_posterior", "latent_arithmetic",
            "latent_shift", "DeviceTraceELBO", "fit_restarts", "Restart", "restart_score",
-           "realign_latents", "fit_with_realignment", "Realignment", "search_alignment"]
+           "realign_latents", "fit_with_realignment", "Realignment", "search_alignment",
+           "sparse_shift_schedule"]

@@ -38,6 +38,7 @@ from torch import nn
 from .. import sites
 from ..data import CellBatch, CellSchema
 from ..handlers import StochasticInterventionMessenger
+from ..infer.schedule import sparse_shift_schedule
 from .components import observe_perturbation
 from .registry import register_model
 from .shift_priors import DenseShifts, SparseShifts
@@ -140,6 +141,14 @@ class SparseShiftVAE(VAE):
         self.schema = self.schema.with_perturbations(names)
         if self.shifts is not None:
             self.shifts.add(len(self.schema.perturbations) - self.shifts.shift_loc.shape[0])
+
+    @staticmethod
+    def default_schedule(n_cells: int) -> dict:
+        """The training schedule of these models on ``n_cells`` cells (``max_epochs``,
+        ``batch_size``, ``lr``, ``kl_warmup_epochs``, ``realign_after``):
+        :func:`~pyro_causalcell.infer.sparse_shift_schedule`, which ``causalcell fit`` uses
+        for settings left at "auto"."""
+        return sparse_shift_schedule(n_cells)
 
     def prepare_fit(self, data, train_index: torch.Tensor) -> None:
         """Note the most perturbations any training cell carries (the mixture's size in every

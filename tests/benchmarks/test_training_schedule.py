@@ -1,11 +1,11 @@
-"""The sparse-shift benchmark's "auto" epochs and batch size."""
+"""The sparse-shift schedule's epochs and batch size, and the benchmark's "auto" settings."""
 
 import pytest
 
 import pyro_causalcell.benchmarks.sparse_shift as bench
 
-from pyro_causalcell.benchmarks.sparse_shift import (SparseShiftBenchmark, auto_batch_size,
-                                                     auto_max_epochs)
+from pyro_causalcell.benchmarks.sparse_shift import SparseShiftBenchmark
+from pyro_causalcell.infer.schedule import auto_batch_size, auto_max_epochs
 
 
 @pytest.mark.parametrize("n_cells, epochs, batch", [
