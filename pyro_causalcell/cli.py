@@ -342,9 +342,11 @@ def training_schedule(model, n_cells: int, args) -> dict:
             raise CommandLineError(f"--realign: --model {args.model} has no sparse perturbation "
                                    "targets to align the latents with; use svae or svae+, or "
                                    "drop --realign")
-        if schedule["max_epochs"] < 2 or args.checkpoint is not None:
-            raise CommandLineError("--realign fits in two parts: give --max-epochs of at least "
-                                   "2 and no --checkpoint")
+        if schedule["max_epochs"] < 2:
+            raise CommandLineError("--realign fits in two parts: give --max-epochs of at least 2")
+        if args.checkpoint is not None:
+            raise CommandLineError("--realign fits in two parts, which one --checkpoint file "
+                                   "cannot hold: drop --checkpoint or --realign")
     return schedule
 
 

@@ -215,12 +215,19 @@ def test_fit_refuses_an_unknown_model(h5ad, tmp_path, capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
-def test_fit_svae_plus_writes_target_probabilities(tmp_path, capsys):
+@pytest.fixture
+def screen_h5ad(tmp_path) -> Path:
+    """A small simulated screen: 4 perturbations x 30 cells and 30 controls, 40 genes."""
     from pyro_causalcell.simulate.sparse_shift import sparse_shift
 
-    path = tmp_path / "cells.h5ad"
+    path = tmp_path / "screen.h5ad"
     sparse_shift(n_latent=3, n_perturbations=4, n_cells_per_perturbation=30, n_genes=40,
                  n_control_cells=30, seed=0).write_h5ad(path)
+    return path
+
+
+def test_fit_svae_plus_writes_target_probabilities(screen_h5ad, tmp_path, capsys):
+    path = screen_h5ad
     out = tmp_path / "out"
     code = main(["fit", "--model", "svae+", str(path), "--out", str(out), "--perturbation-key",
                  "perturbation", "--control", "control", "--n-latent", "3", *FAST])
@@ -255,15 +262,10 @@ def test_fit_settings_left_at_auto_are_the_generic_schedule_for_a_vae(h5ad, tmp_
                                       kl_warmup_epochs=0, realign=False)
 
 
-def test_fit_realign_fits_svae_plus_in_two_parts(tmp_path, capsys):
-    from pyro_causalcell.simulate.sparse_shift import sparse_shift
-
-    path = tmp_path / "cells.h5ad"
-    sparse_shift(n_latent=3, n_perturbations=4, n_cells_per_perturbation=30, n_genes=40,
-                 n_control_cells=30, seed=0).write_h5ad(path)
-    code = main(["fit", "--model", "svae+", str(path), "--out", str(tmp_path / "out"),
+def test_fit_realign_fits_svae_plus_in_two_parts(screen_h5ad, tmp_path, capsys):
+    code = main(["fit", "--model", "svae+", str(screen_h5ad), "--out", str(tmp_path / "out"),
                  "--perturbation-key", "perturbation", "--control", "control", "--n-latent",
-                 "3", "--realign", *FAST[:1], "3", *FAST[2:]])
+                 "3", "--realign", *FAST, "--max-epochs", "3"])
     assert code == 0
     report = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert report["schedule"]["realign"] is True and report["epochs"] == 3
@@ -273,11 +275,16 @@ def test_fit_realign_fits_svae_plus_in_two_parts(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "vae", "--realign"], "--realign: --model vae has no sparse perturbation "
-                                      "targets to align the latents with"),
+    (["--model", "vae"], "--realign: --model vae has no sparse perturbation targets to align "
+                         "the latents with"),
+    (["--model", "svae+", "--max-epochs", "1"], "--realign fits in two parts: give "
+                                                "--max-epochs of at least 2"),
+    (["--model", "svae+", "--checkpoint", "fit.ckpt"], "--realign fits in two parts, which "
+                                                       "one --checkpoint file cannot hold"),
 ])
-def test_realign_is_refused_for_a_model_without_targets(h5ad, tmp_path, capsys, argv, message):
-    code = main(["fit", str(h5ad), "--out", str(tmp_path / "o"), *argv, *FAST])
+def test_realign_is_refused_where_it_cannot_run(screen_h5ad, tmp_path, capsys, argv, message):
+    code = main(["fit", str(screen_h5ad), "--out", str(tmp_path / "o"), "--perturbation-key",
+                 "perturbation", "--control", "control", "--realign", *FAST, *argv])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
