@@ -253,9 +253,13 @@ def _add_benchmark_parser(commands) -> None:
                         help="output folder (default: %(default)s)")
     sparse.add_argument("--models", default=",".join(BENCHMARK_MODELS),
                         help="comma-separated subset of %(default)s")
-    sparse.add_argument("--max-epochs", type=positive_int, default=300, help="default: %(default)s")
+    sparse.add_argument("--max-epochs", type=positive_int_or_auto, default="auto",
+                        help="'auto': pyro_causalcell.sparse_shift_schedule's, 300 on this "
+                             "design (default: %(default)s)")
     sparse.add_argument("--transfer-epochs", type=positive_int, default=100, help="default: %(default)s")
-    sparse.add_argument("--batch-size", type=positive_int, default=256, help="default: %(default)s")
+    sparse.add_argument("--batch-size", type=positive_int_or_auto, default="auto",
+                        help="'auto': the schedule's, 256 on this design (default: "
+                             "%(default)s)")
     sparse.add_argument("--lr", type=positive_float, default=1e-2, help="default: %(default)s")
     sparse.add_argument("--kl-warmup-epochs", type=non_negative_int, default=50, help="default: %(default)s")
     sparse.add_argument("--restarts", type=positive_int, default=1,
