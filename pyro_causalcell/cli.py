@@ -361,7 +361,7 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
     import pyro
 
     from .infer import fit, fit_with_realignment, latent, save
-    from .infer.schedule import REALIGN_AFTER
+    from .infer.schedule import realign_after
     from .models import target_probabilities
     from .plotting import plot_elbo, plot_latent
 
@@ -396,7 +396,7 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
                       **settings)
     elif args.realign:
         history = fit_with_realignment(model, data, max_epochs=max_epochs,
-                                       realign_after=round(REALIGN_AFTER * max_epochs),
+                                       realign_after=realign_after(max_epochs),
                                        **validation, **settings)
     else:
         history = fit(model, data, max_epochs=max_epochs, checkpoint=checkpoint,

@@ -27,8 +27,8 @@ from ..data import CellData
 from ..infer import (fit, fit_restarts, fit_with_realignment, latent,
                      mean_importance_weighted_elbo, transfer)
 from ..infer.restarts import check_n_restarts
-from ..infer.schedule import (KL_WARMUP_EPOCHS, LR, REALIGN_AFTER, auto_batch_size,
-                              auto_max_epochs)
+from ..infer.schedule import (KL_WARMUP_EPOCHS, LR, auto_batch_size, auto_max_epochs,
+                              realign_after)
 from ..metrics import (latent_signs, linear_r2, match_latents, mean_correlation_coefficient,
                        target_auroc, target_precision_recall_f1)
 from ..models import SparseShiftVAE, target_probabilities
@@ -174,7 +174,7 @@ class SparseShiftBenchmark:
         z_true = np.asarray(train.obsm["z_true"])
         epochs, batch = schedule
         realigned = self.realign and can_realign(name)
-        fit_function = (partial(fit_with_realignment, realign_after=round(REALIGN_AFTER * epochs))
+        fit_function = (partial(fit_with_realignment, realign_after=realign_after(epochs))
                         if realigned else fit)
         latents = []  # every restart's training latents: does the ELBO pick the best MCC?
         model, restarts = fit_restarts(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["sparse_shift_schedule", "auto_max_epochs", "auto_batch_size"]
+__all__ = ["sparse_shift_schedule", "auto_max_epochs", "auto_batch_size", "realign_after"]
 
 #: an "auto" fit makes at least this many optimiser steps (300 epochs of batch 256 on the
 #: study's 20,000 training cells, which is also 750 epochs of 128 on 4,000), and 300 epochs
@@ -58,6 +58,11 @@ def auto_batch_size(n_cells: int) -> int:
                 BATCH_SIZES[-1])
 
 
+def realign_after(max_epochs: int) -> int:
+    """The epoch after which a fit of ``max_epochs`` is realigned: two thirds of them."""
+    return round(REALIGN_AFTER * max_epochs)
+
+
 def sparse_shift_schedule(n_cells: int, *, realign: bool = True) -> dict:
     """Keyword arguments of :func:`~pyro_causalcell.infer.fit_with_realignment` (or, with
     ``realign=False``, :func:`~pyro_causalcell.infer.fit`) for a sparse-shift model.
@@ -88,5 +93,5 @@ def sparse_shift_schedule(n_cells: int, *, realign: bool = True) -> dict:
     schedule = dict(max_epochs=auto_max_epochs(n_cells, batch_size), batch_size=batch_size,
                     lr=LR, kl_warmup_epochs=KL_WARMUP_EPOCHS)
     if realign:
-        schedule["realign_after"] = round(REALIGN_AFTER * schedule["max_epochs"])
+        schedule["realign_after"] = realign_after(schedule["max_epochs"])
     return schedule
