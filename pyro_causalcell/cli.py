@@ -132,11 +132,15 @@ def _add_validation_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--n-latent", type=positive_int, default=10,
+    group.add_argument("--n-latent", type=positive_int,
                        help="latent size (invae: of the invariant block; multigroupvi: of the shared "
-                            "block; fcr: of the treatment block) (default: %(default)s)")
-    group.add_argument("--n-hidden", type=positive_int, default=128, help="default: %(default)s")
-    group.add_argument("--n-layers", type=positive_int, default=1, help="default: %(default)s")
+                            "block; fcr: of the treatment block; lord: of the content block) "
+                            "(default: the model's own, as in Python: 10 for vae, 15 for svae+)")
+    group.add_argument("--n-hidden", type=positive_int,
+                       help="hidden units per layer (default: the model's own, 128)")
+    group.add_argument("--n-layers", type=positive_int,
+                       help="hidden layers (default: the model's own: 2 for svae, svae+ and ivae "
+                            "as in the sVAE study, else 1)")
     group.add_argument("--beta", type=positive_float, default=1.0,
                        help="KL weight; > 1 gives a beta-VAE (default: %(default)s)")
     group.add_argument("--likelihood", choices=("nb", "zinb", "poisson", "gaussian"),
@@ -333,6 +337,21 @@ def run_benchmark(args, out: Path) -> dict:
     return {"table": json.loads(table.to_json(orient="index"))}
 
 
+def constructor_arguments(cls: type) -> set[str]:
+    """Names of the keyword arguments ``cls(...)`` accepts, following ``**kwargs`` into the
+    base classes it is passed on to (HSICVAE hands ``n_hidden`` to VAE)."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
 def training_schedule(model, n_cells: int, args) -> dict:
     """``max_epochs``, ``batch_size``, ``lr`` and ``kl_warmup_epochs`` of a fit: the given
     values, and for those left at "auto" the model's ``default_schedule(n_cells)`` (else
@@ -371,13 +390,13 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
                    beta=args.beta, likelihood=args.likelihood,
                    sparsity_weight=args.sparsity_weight, class_key=args.class_key,
                    nuisance_latent=args.nuisance_latent)
-    accepted = inspect.signature(cls).parameters
+    accepted = constructor_arguments(cls)
     if "n_latent" not in accepted:  # a block model: --n-latent sizes the block latent() reads
         site = getattr(cls, "default_latent_site", "")  # z_inv, z_shared, z_t
         options["n_latent_" + site.removeprefix("z_")] = options.pop("n_latent")
     try:
-        model = cls(data.schema, **{k: v for k, v in options.items() if k in accepted},
-                    **variant)
+        model = cls(data.schema, **{k: v for k, v in options.items()
+                                    if k in accepted and v is not None}, **variant)
     except ValueError as error:  # settings the data cannot support, named by the model
         raise CommandLineError(f"--model {name}: {error}") from None
     schedule = training_schedule(model, data.n_cells, args)

@@ -242,7 +242,10 @@ def test_fit_svae_plus_writes_target_probabilities(screen_h5ad, tmp_path, capsys
     assert report["schedule"] == dict(max_epochs=2, batch_size=64, lr=0.01,
                                       kl_warmup_epochs=50, realign=False)
     # the default sparsity weight was set from the 27 training cells per perturbation
-    assert load(out / "model.pt").sparsity_weight == pytest.approx(0.4 * 27, abs=0.4 * 3)
+    model = load(out / "model.pt")
+    assert model.sparsity_weight == pytest.approx(0.4 * 27, abs=0.4 * 3)
+    # no --n-layers: the model's own two hidden layers, as SparseShiftVAE(...) builds in Python
+    assert model.init_args["n_layers"] == 2 and model.init_args["n_hidden"] == 16
     with pytest.raises(SystemExit):
         main(["fit", "--model", "svae+", str(path), "--out", str(tmp_path / "o2"),
               "--sparsity-weight", "strong", *FAST])
@@ -574,6 +577,7 @@ def test_fit_shared_private_and_hsic_models(h5ad, tmp_path, name, model_class, m
     assert ad.read_h5ad(out / f"cells_{name}.h5ad").obsm[f"X_{name}"].shape == (200, 3)
     model = load(out / "model.pt")
     assert type(model).__name__ == model_class and model.init_args[main_block] == 3
+    assert model.init_args["n_hidden"] == 16  # FAST's --n-hidden, passed through **kwargs too
 
 
 def test_fit_hsicvae_with_a_nuisance_block(h5ad, tmp_path):
