@@ -1,4 +1,4 @@
-"""The training schedule of sparse-shift models (VAE / iVAE / sVAE / sVAE+), set by the data size.
+"""The training schedule of the sparse-shift models (iVAE, sVAE, sVAE+), set by the data size.
 
 What an sVAE+ fit needs is a number of optimiser updates, not of passes over the cells, and
 enough minibatches per pass; the rules below were chosen on the tuning seeds of the design
@@ -12,6 +12,10 @@ sweep (``benchmarks/svae_sweep.py``, ``docs/sparse_shift.rst``) and are what the
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..data import CellData
 
 __all__ = ["sparse_shift_schedule", "auto_max_epochs", "auto_batch_size", "realign_after"]
 
@@ -63,7 +67,7 @@ def realign_after(max_epochs: int) -> int:
     return round(REALIGN_AFTER * max_epochs)
 
 
-def sparse_shift_schedule(n_cells: int, *, realign: bool = True) -> dict:
+def sparse_shift_schedule(n_cells: int | CellData, *, realign: bool = True) -> dict:
     """Keyword arguments of :func:`~pyro_causalcell.infer.fit_with_realignment` (or, with
     ``realign=False``, :func:`~pyro_causalcell.infer.fit`) for a sparse-shift model.
 

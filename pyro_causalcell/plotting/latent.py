@@ -38,17 +38,17 @@ def plot_latent(z: np.ndarray, colors: dict[str, Sequence], *, title: str = "lat
     fig, axes = plt.subplots(1, len(colors), figsize=(4.5 * len(colors), 4), squeeze=False)
     for ax, (name, values) in zip(axes[0], colors.items()):
         values = np.asarray(values).astype(str)
-        for category in np.unique(values):
+        categories = np.unique(values)
+        for category in categories:
             pick = values == category
             ax.scatter(xy[pick, 0], xy[pick, 1], s=point_size, label=category, alpha=0.7,
                        linewidths=0)
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
-        n_categories = len(np.unique(values))
-        if n_categories <= MAX_LEGEND_ENTRIES:
+        if len(categories) <= MAX_LEGEND_ENTRIES:
             ax.set_title(f"{title}: {name}")
             ax.legend(frameon=False, markerscale=3, fontsize="small")
         else:
-            ax.set_title(f"{title}: {name} ({n_categories} categories)")
+            ax.set_title(f"{title}: {name} ({len(categories)} categories)")
     fig.tight_layout()
     return fig
