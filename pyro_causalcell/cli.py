@@ -45,19 +45,19 @@ def positive_float(text: str) -> float:
     return value
 
 
-def positive_float_or_auto(text: str) -> float | str:
-    """argparse type: ``auto`` or a finite number > 0."""
-    return "auto" if text == "auto" else positive_float(text)
+def or_auto(kind):
+    """argparse type: ``auto`` or a value of argparse type ``kind`` (named ``<kind>_or_auto``
+    in argparse's messages)."""
+    def parse(text: str):
+        return "auto" if text == "auto" else kind(text)
+
+    parse.__name__ = f"{kind.__name__}_or_auto"
+    return parse
 
 
-def positive_int_or_auto(text: str) -> int | str:
-    """argparse type: ``auto`` or an integer >= 1."""
-    return "auto" if text == "auto" else positive_int(text)
-
-
-def non_negative_int_or_auto(text: str) -> int | str:
-    """argparse type: ``auto`` or an integer >= 0."""
-    return "auto" if text == "auto" else non_negative_int(text)
+positive_float_or_auto = or_auto(positive_float)
+positive_int_or_auto = or_auto(positive_int)
+non_negative_int_or_auto = or_auto(non_negative_int)
 
 
 def fraction(text: str) -> float:
@@ -400,8 +400,10 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
     except ValueError as error:  # settings the data cannot support, named by the model
         raise CommandLineError(f"--model {name}: {error}") from None
     schedule = training_schedule(model, data.n_cells, args)
-    max_epochs = schedule.pop("max_epochs")
-    settings = dict(**schedule, device=args.device, seed=args.seed, progress=not args.quiet)
+    max_epochs = schedule["max_epochs"]
+    settings = dict(batch_size=schedule["batch_size"], lr=schedule["lr"],
+                    kl_warmup_epochs=schedule["kl_warmup_epochs"], device=args.device,
+                    seed=args.seed, progress=not args.quiet)
     validation = dict(validation_fraction=args.validation_fraction,
                       early_stopping=args.early_stopping, patience=args.patience)
     checkpoint = args.checkpoint
@@ -448,9 +450,7 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
         "n_cells": data.n_cells,
         "n_genes": data.schema.n_genes,
         "epochs": history.n_epochs,
-        "schedule": dict(max_epochs=max_epochs, batch_size=settings["batch_size"],
-                         lr=settings["lr"], kl_warmup_epochs=settings["kl_warmup_epochs"],
-                         realign=args.realign),
+        "schedule": {**schedule, "realign": args.realign},
         "train_elbo_per_cell": history.train_elbo[-1],
         "validation_elbo_per_cell": history.validation_elbo[-1] if history.validation_elbo
         else None,
