@@ -381,6 +381,7 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
 
     from .infer import fit, fit_with_realignment, latent, save
     from .infer.schedule import realign_after
+    from .metrics import ACTIVITY_THRESHOLD, inactive_latents, latent_activity
     from .models import target_probabilities
     from .plotting import plot_elbo, plot_latent
 
@@ -456,7 +457,15 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
         else None,
         "best_epoch": history.best_epoch,
         "training_seconds": round(history.seconds, 2),
+        "latent_activity": [round(float(v), 4) for v in latent_activity(z)],
+        "inactive_latents": inactive_latents(z),
     }
+    if report["inactive_latents"]:
+        print(f"causalcell fit: {len(report['inactive_latents'])} of {z.shape[1]} latents are "
+              f"inactive (their posterior means vary across cells by a variance under "
+              f"{ACTIVITY_THRESHOLD}): {report['inactive_latents']}; the model describes the "
+              f"cells with the other {z.shape[1] - len(report['inactive_latents'])}",
+              file=sys.stderr)
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

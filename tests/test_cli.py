@@ -156,6 +156,41 @@ def test_fit_writes_latents_and_leaves_the_input_file_alone(h5ad, tmp_path, caps
     assert capsys.readouterr().err == ""
 
 
+def test_fit_reports_each_latents_activity(h5ad, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["fit", "--model", "vae", str(h5ad), "--out", str(out), "--n-latent", "4",
+                 *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    z = ad.read_h5ad(out / "cells_vae.h5ad").obsm["X_vae"]
+    np.testing.assert_allclose(metrics["latent_activity"], z.var(axis=0), rtol=1e-3,
+                               atol=1e-4)
+    expected = [k for k, v in enumerate(z.var(axis=0)) if v < 0.01]
+    assert metrics["inactive_latents"] == expected
+    assert ("inactive" in capsys.readouterr().err) == bool(expected)
+
+
+def test_fit_names_inactive_latents_on_stderr(h5ad, tmp_path, capsys, monkeypatch):
+    import pyro_causalcell.infer as infer
+
+    real_latent = infer.latent
+
+    def one_dimension_constant(model, data, *args, **kwargs):
+        z = real_latent(model, data, *args, **kwargs)
+        z[:, 2] = 0.5 + 0.01 * z[:, 2] / z[:, 2].std()  # variance 1e-4, under 0.01
+        return z
+
+    monkeypatch.setattr(infer, "latent", one_dimension_constant)
+    out = tmp_path / "results"
+    assert main(["fit", "--model", "vae", str(h5ad), "--out", str(out), "--n-latent", "4",
+                 *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["inactive_latents"] == [2]
+    assert metrics["latent_activity"][2] == pytest.approx(1e-4, abs=1e-5)
+    assert ("causalcell fit: 1 of 4 latents are inactive (their posterior means vary across "
+            "cells by a variance under 0.01): [2]; the model describes the cells with the "
+            "other 3") in capsys.readouterr().err
+
+
 def test_fit_on_disk_reads_counts_from_the_file_and_matches_in_memory(h5ad, tmp_path, capsys):
     before = digest(h5ad)
     runs = {}

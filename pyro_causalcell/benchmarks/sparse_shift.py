@@ -29,8 +29,8 @@ from ..infer import (fit, fit_restarts, fit_with_realignment, latent,
 from ..infer.restarts import check_n_restarts
 from ..infer.schedule import (KL_WARMUP_EPOCHS, LR, auto_batch_size, auto_max_epochs,
                               realign_after)
-from ..metrics import (latent_signs, linear_r2, match_latents, mean_correlation_coefficient,
-                       target_auroc, target_precision_recall_f1)
+from ..metrics import (inactive_latents, latent_signs, linear_r2, match_latents,
+                       mean_correlation_coefficient, target_auroc, target_precision_recall_f1)
 from ..models import SparseShiftVAE, target_probabilities
 from ..simulate.sparse_shift import CONTROL, sparse_shift, split_perturbations
 
@@ -211,6 +211,7 @@ class SparseShiftBenchmark:
             "mcc_pearson": mean_correlation_coefficient(z_true, z_train),
             "mcc_spearman": mean_correlation_coefficient(z_true, z_train, method="spearman"),
             "linear_r2": linear_r2(z_true, z_train),
+            "n_inactive_latents": len(inactive_latents(z_train)),
         }
         # latents are matched on signed correlation as in the study (all perturbations) once
         # each learned latent's arbitrary sign is resolved against its partner, and on absolute

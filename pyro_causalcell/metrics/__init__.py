@@ -1,7 +1,9 @@
 """Scores of learned models against ground truth: identifiability, targets, clustering,
-independence, integration and response prediction. Pure NumPy / SciPy: nothing here runs a
-model (the importance-weighted ELBO, which does, is in :mod:`pyro_causalcell.infer`)."""
+independence, integration and response prediction; and which latents a model uses. Pure
+NumPy / SciPy: nothing here runs a model (the importance-weighted ELBO, which does, is in
+:mod:`pyro_causalcell.infer`)."""
 
+from .activity import ACTIVITY_THRESHOLD, inactive_latents, latent_activity
 from .clustering import (ClusterAgreement, adjusted_rand_index, cluster_agreement, kmeans,
                          normalized_mutual_information)
 from .identifiability import correlation_matrix, linear_r2, mean_correlation_coefficient
@@ -13,6 +15,7 @@ from .targets import (PrecisionRecallF1, latent_signs, match_latents, permute_ta
                       target_auroc, target_average_precision, target_precision_recall_f1)
 
 __all__ = [
+    "ACTIVITY_THRESHOLD", "latent_activity", "inactive_latents",
     "correlation_matrix", "linear_r2", "mean_correlation_coefficient",
     "latent_signs", "match_latents", "permute_targets", "target_precision_recall_f1",
     "target_auroc", "target_average_precision", "PrecisionRecallF1",

@@ -14,8 +14,11 @@ TINY = dict(models=["sVAE+"], n_latent=3, n_perturbations=6, n_cells_per_perturb
 @pytest.mark.parametrize("n_control_cells", [40, 0])
 def test_control_cells_are_controls_not_a_perturbation(n_control_cells):
     bench = SparseShiftBenchmark(**TINY, simulation=dict(n_control_cells=n_control_cells))
-    bench.run(log=lambda _: None)
+    table = bench.run(log=lambda _: None)
     model = bench.fitted["sVAE+"]["model"]
+    # the row counts the latents the model does not use (Burda et al.'s activity < 0.01)
+    activity = bench.fitted["sVAE+"]["latent"].var(axis=0)
+    assert table.loc["sVAE+", "n_inactive_latents"] == int((activity < 0.01).sum())
     # the control cells follow the base N(0, I); they get no shift or targets of their own
     assert "control" not in model.schema.perturbations
     assert model.schema.control == ("control" if n_control_cells else None)
