@@ -458,14 +458,13 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
         "best_epoch": history.best_epoch,
         "training_seconds": round(history.seconds, 2),
         "latent_activity": [round(float(v), 4) for v in latent_activity(z)],
-        "inactive_latents": inactive_latents(z),
+        "inactive_latents": (inactive := inactive_latents(z)),
     }
-    if report["inactive_latents"]:
-        print(f"causalcell fit: {len(report['inactive_latents'])} of {z.shape[1]} latents are "
-              f"inactive (their posterior means vary across cells by a variance under "
-              f"{ACTIVITY_THRESHOLD}): {report['inactive_latents']}; the model describes the "
-              f"cells with the other {z.shape[1] - len(report['inactive_latents'])}",
-              file=sys.stderr)
+    if inactive:
+        print(f"causalcell fit: {len(inactive)} of {z.shape[1]} latents are inactive (their "
+              f"posterior means vary across cells by a variance under {ACTIVITY_THRESHOLD}): "
+              f"{inactive}; the model describes the cells with the other "
+              f"{z.shape[1] - len(inactive)}", file=sys.stderr)
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
