@@ -45,6 +45,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def or_auto(kind):
     """argparse type: ``auto`` or a value of argparse type ``kind`` (named ``<kind>_or_auto``
     in argparse's messages)."""
@@ -56,6 +64,7 @@ def or_auto(kind):
 
 
 positive_float_or_auto = or_auto(positive_float)
+non_negative_float_or_auto = or_auto(non_negative_float)
 positive_int_or_auto = or_auto(positive_int)
 non_negative_int_or_auto = or_auto(non_negative_int)
 
@@ -87,7 +96,8 @@ Run `causalcell <command> --help` for every option. An output folder must be new
 
 #: ``causalcell fit``'s training settings left at "auto", for models without a schedule of
 #: their own (a model's ``default_schedule(n_cells)``: the sparse-shift models')
-GENERIC_SCHEDULE = dict(max_epochs=100, batch_size=128, lr=1e-3, kl_warmup_epochs=10)
+GENERIC_SCHEDULE = dict(max_epochs=100, batch_size=128, lr=1e-3, kl_warmup_epochs=10,
+                        free_bits=0.0)
 SCHEDULE_HELP = ("'auto': the model's schedule for the number of cells (svae, svae+, ivae: "
                  "pyro_causalcell.sparse_shift_schedule, e.g. 300 epochs of 256 on 20,000 cells "
                  "and 750 of 128 on 4,000, lr 0.01, warm-up 50; other models: {})")
@@ -105,6 +115,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                        help="Adam learning rate (default: %(default)s)")
     group.add_argument("--kl-warmup-epochs", type=non_negative_int_or_auto, default="auto",
                        help="epochs over which the KL weight rises to 1 (default: %(default)s)")
+    group.add_argument("--free-bits", type=non_negative_float_or_auto, default="auto",
+                       help="nats per cell of each latent coordinate's KL term left free, so "
+                            "none is switched off (FreeBitsELBO; 0: the ELBO itself; default: "
+                            "%(default)s)")
     group.add_argument("--realign", action="store_true",
                        help="svae / svae+ only: search the latents' linear alignment after 2/3 "
                             "of the epochs and fit the rest (fit_with_realignment)")
@@ -353,11 +367,12 @@ def constructor_arguments(cls: type) -> set[str]:
 
 
 def training_schedule(model, n_cells: int, args) -> dict:
-    """``max_epochs``, ``batch_size``, ``lr`` and ``kl_warmup_epochs`` of a fit: the given
-    values, and for those left at "auto" the model's ``default_schedule(n_cells)`` (else
-    :data:`GENERIC_SCHEDULE`). Checks ``--realign`` and ``--checkpoint`` against the model."""
+    """``max_epochs``, ``batch_size``, ``lr``, ``kl_warmup_epochs`` and ``free_bits`` of a
+    fit: the given values, and for those left at "auto" the model's
+    ``default_schedule(n_cells)`` (else, or where it has no such key, :data:`GENERIC_SCHEDULE`).
+    Checks ``--realign`` and ``--checkpoint`` against the model."""
     own = getattr(model, "default_schedule", None)
-    defaults = own(n_cells) if own is not None else GENERIC_SCHEDULE
+    defaults = {**GENERIC_SCHEDULE, **(own(n_cells) if own is not None else {})}
     schedule = {key: defaults[key] if getattr(args, key) == "auto" else getattr(args, key)
                 for key in GENERIC_SCHEDULE}
     if args.realign:
@@ -403,7 +418,8 @@ def _fit_and_report(adata, data, args, out: Path, name: str, colors: dict) -> di
     schedule = training_schedule(model, data.n_cells, args)
     max_epochs = schedule["max_epochs"]
     settings = dict(batch_size=schedule["batch_size"], lr=schedule["lr"],
-                    kl_warmup_epochs=schedule["kl_warmup_epochs"], device=args.device,
+                    kl_warmup_epochs=schedule["kl_warmup_epochs"],
+                    free_bits=schedule["free_bits"], device=args.device,
                     seed=args.seed, progress=not args.quiet)
     validation = dict(validation_fraction=args.validation_fraction,
                       early_stopping=args.early_stopping, patience=args.patience)

@@ -275,7 +275,7 @@ def test_fit_svae_plus_writes_target_probabilities(screen_h5ad, tmp_path, capsys
     # settings left at "auto" follow the sparse-shift schedule of 150 cells (batch 64 leaves
     # the fewest minibatches, lr 0.01, warm-up 50); the given --max-epochs wins
     assert report["schedule"] == dict(max_epochs=2, batch_size=64, lr=0.01,
-                                      kl_warmup_epochs=50, realign=False)
+                                      kl_warmup_epochs=50, free_bits=0.0, realign=False)
     # the default sparsity weight was set from the 27 training cells per perturbation
     model = load(out / "model.pt")
     assert model.sparsity_weight == pytest.approx(0.4 * 27, abs=0.4 * 3)
@@ -292,12 +292,13 @@ def test_fit_settings_left_at_auto_are_the_generic_schedule_for_a_vae(h5ad, tmp_
     assert main(["fit", "--model", "vae", str(h5ad), "--out", str(tmp_path / "a"), *FAST]) == 0
     report = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert report["schedule"] == dict(max_epochs=2, batch_size=128, lr=1e-3,
-                                      kl_warmup_epochs=10, realign=False)
+                                      kl_warmup_epochs=10, free_bits=0.0, realign=False)
     assert main(["fit", "--model", "vae", str(h5ad), "--out", str(tmp_path / "b"), *FAST,
-                 "--batch-size", "32", "--lr", "0.005", "--kl-warmup-epochs", "0"]) == 0
+                 "--batch-size", "32", "--lr", "0.005", "--kl-warmup-epochs", "0",
+                 "--free-bits", "0.5"]) == 0
     report = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert report["schedule"] == dict(max_epochs=2, batch_size=32, lr=0.005,
-                                      kl_warmup_epochs=0, realign=False)
+                                      kl_warmup_epochs=0, free_bits=0.5, realign=False)
 
 
 def test_fit_realign_fits_svae_plus_in_two_parts(screen_h5ad, tmp_path, capsys):

@@ -49,9 +49,13 @@ class CoordinateMixture(TorchDistribution):
         return self._pick(self.base.rsample(sample_shape),
                           self.replacement.rsample(sample_shape))
 
+    def coordinate_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log density of each coordinate (``log_prob`` before summing the event dimensions)."""
+        return (self.mask * self.replacement.log_prob(value)
+                + (1 - self.mask) * self.base.log_prob(value))
+
     def log_prob(self, value):
-        mixed = (self.mask * self.replacement.log_prob(value)
-                 + (1 - self.mask) * self.base.log_prob(value))
+        mixed = self.coordinate_log_prob(value)
         return mixed.sum(list(range(-self._event_dim, 0))) if self._event_dim else mixed
 
     def expand(self, batch_shape, _instance=None):

@@ -7,6 +7,7 @@ from .counterfactual import (check_intervention_tensor, counterfactual, interven
 from .covariate_posterior import covariate_posterior
 from .device import resolve_device
 from .elbo import DeviceTraceELBO
+from .free_bits import FreeBitsELBO
 from .fit import TrainingDivergedError, evaluate_elbo, fit
 from .history import TrainingHistory
 from .latent import latent
@@ -27,6 +28,6 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "ModelSchemaMismatchError", "ModelFileError", "CheckpointMismatchError",
            "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
            "LatentClassifier", "train_classifier", "covariate_posterior", "latent_arithmetic",
-           "latent_shift", "DeviceTraceELBO", "fit_restarts", "Restart", "restart_score",
+           "latent_shift", "DeviceTraceELBO", "FreeBitsELBO", "fit_restarts", "Restart", "restart_score",
            "realign_latents", "fit_with_realignment", "Realignment", "search_alignment",
            "sparse_shift_schedule"]

@@ -33,7 +33,7 @@ class DeviceTraceELBO(Trace_ELBO):
 def _particle_loss(elbo: Trace_ELBO, model_trace, guide_trace) -> torch.Tensor:
     """Negative ELBO of one particle, summed as tensors when the guide is reparameterised."""
     guide_sites = [site for site in guide_trace.nodes.values() if site["type"] == "sample"]
-    if not all(_reparameterised(site) for site in guide_sites):
+    if not all(reparameterised(site) for site in guide_sites):
         _, surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
         return surrogate
     total = 0.0
@@ -45,7 +45,7 @@ def _particle_loss(elbo: Trace_ELBO, model_trace, guide_trace) -> torch.Tensor:
     return -total
 
 
-def _reparameterised(site: dict) -> bool:
+def reparameterised(site: dict) -> bool:
     """The site's gradient is its log-density's (no score-function term, no dropped entropy)."""
     _, score_function, entropy = site["score_parts"]
     return is_identically_zero(score_function) and not is_identically_zero(entropy)

@@ -20,8 +20,9 @@ from ..data.samplers import RandomSampler, Sampler, group_codes, stratified_spli
 from ..handlers import block_penalties, engine_holds_parameters
 from .checkpoint import read_checkpoint, restore_random_states, write_checkpoint
 from .device import place_data, resolve_device
-from .elbo import DeviceTraceELBO
 from .distributed import make_strategy
+from .elbo import DeviceTraceELBO
+from .free_bits import FreeBitsELBO
 from .history import TrainingHistory
 from .protocol import (check_schema, evaluation, model_device, non_finite_parameters,
                        seeded)
@@ -125,11 +126,23 @@ def _diverged_message(what: str, epoch: int, where: str, lr: float) -> str:
             f"Lower lr (now {lr}), use kl_warmup_epochs, or check the data for extreme counts.")
 
 
+def training_objective(elbo: ELBO | None, free_bits: float) -> ELBO:
+    """The objective ``fit`` trains on: ``elbo``, or free bits, or ``DeviceTraceELBO()``."""
+    if not free_bits >= 0:
+        raise ValueError(f"free_bits must be >= 0 nats (0: the ELBO itself), got {free_bits}")
+    if free_bits and elbo is not None:
+        raise ValueError(f"give free_bits or elbo, not both: free_bits={free_bits} trains on "
+                         f"FreeBitsELBO({free_bits}) and validates on the ELBO")
+    if free_bits:
+        return FreeBitsELBO(free_bits)
+    return elbo or DeviceTraceELBO()
+
+
 def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         lr: float = 1e-3, kl_warmup_epochs: int = 0, validation_fraction: float = 0.1,
         early_stopping: bool = False, patience: int = 10, device: str | torch.device = "auto",
         seed: int = 0, progress: bool = True, elbo: ELBO | None = None,
-        weight_decay: float = 0.0, adam_eps: float = 0.01,
+        free_bits: float = 0.0, weight_decay: float = 0.0, adam_eps: float = 0.01,
         eval_mode: bool = False, sampler: Sampler | None = None,
         stratify: str | Sequence[str] | None = None,
         parameters: Iterable[torch.nn.Parameter] | None = None,
@@ -170,6 +183,11 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         Show a progress bar over epochs.
     elbo : pyro.infer.ELBO, optional
         Objective (default ``DeviceTraceELBO()``); anything with ``differentiable_loss`` works.
+    free_bits : float
+        Train on :class:`~pyro_causalcell.infer.free_bits.FreeBitsELBO`: the first
+        ``free_bits`` nats per cell of each latent coordinate's KL term are free, so no
+        coordinate is switched off (0: the ELBO itself). The validation ELBO stays the ELBO.
+        Not combined with ``elbo`` (which, when given, is also the validation objective).
     weight_decay : float
     adam_eps : float
         Adam's denominator constant. 0.01 (scvi-tools' default) damps the steps of parameters
@@ -271,7 +289,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
             raise ValueError(f"no cells left to train on ({data.n_cells} cells, "
                              f"validation_fraction={validation_fraction})")
         adversaries = [*getattr(model, "adversaries", lambda: ())(), *adversaries]
-        step = TrainingStep(model, elbo=elbo or DeviceTraceELBO(), lr=lr,
+        step = TrainingStep(model, elbo=training_objective(elbo, free_bits), lr=lr,
                             weight_decay=weight_decay, adam_eps=adam_eps, parameters=parameters, adversaries=adversaries,
                             penalty_weights=penalty_weights, parallel=parallel)
         history = TrainingHistory()
@@ -280,7 +298,8 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
         fingerprint = dict(n_cells=data.n_cells, n_train=len(train_index), seed=seed,
                            batch_size=batch_size, lr=lr, kl_warmup_epochs=kl_warmup_epochs,
                            validation_fraction=validation_fraction,
-                           early_stopping=early_stopping)
+                           early_stopping=early_stopping,
+                           **({"free_bits": free_bits} if free_bits else {}))
         resumed = None if checkpoint is None else read_checkpoint(checkpoint, fingerprint)
         if resumed is not None:
             model.load_state_dict(resumed["model"])
@@ -334,7 +353,7 @@ def fit(model, data: CellData, *, max_epochs: int = 100, batch_size: int = 128,
                     postfix = {"elbo": f"{history.train_elbo[-1]:.4g}"}
                     if len(validation_index):
                         score = evaluate_elbo(model, data, validation_index,
-                                              batch_size=max(batch_size, 1024), elbo=step.elbo,
+                                              batch_size=max(batch_size, 1024), elbo=elbo,
                                               device=device)
                         score = parallel.from_main(score)
                         if not math.isfinite(score):
