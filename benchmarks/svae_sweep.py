@@ -79,15 +79,16 @@ QUICK_SIMULATION = dict(n_control_cells=100, n_combinations=5)
 METRICS = (("mcc_pearson", "MCC"), ("target_f1_abs", "F1 (abs)"), ("target_f1", "F1 (signed)"),
            ("target_auroc_abs", "AUROC (abs)"), ("target_auroc", "AUROC (signed)"),
            ("heldout_iwelbo", "held-out IWELBO"), ("fit_seconds", "fit s"))
-KEYS = ["design", "seed", "model", "restarts", "options", "realign", "step_share"]
+KEYS = ["design", "seed", "model", "restarts", "options", "realign", "step_share", "free_bits"]
 #: pseudo-model: a network trained on the true latents (:func:`supervised_ceiling`), the MCC
 #: that the counts allow at best
 CEILING = "ceiling"
 
 
 def read_runs(path: Path) -> pd.DataFrame:
-    """The rows of ``runs.csv`` (rows written before restarts, options, realignment or the
-    step share existed were single fits with the defaults, not realigned, of all the steps)."""
+    """The rows of ``runs.csv`` (rows written before restarts, options, realignment, the
+    step share or free bits existed were single fits with the defaults, not realigned, of all
+    the steps, on the ELBO)."""
     runs = pd.read_csv(path)
     runs["restarts"] = runs.get("restarts", pd.Series(1, index=runs.index)).fillna(1)
     runs["restarts"] = runs["restarts"].astype(int)
@@ -95,17 +96,21 @@ def read_runs(path: Path) -> pd.DataFrame:
     runs["realign"] = runs.get("realign", pd.Series(False, index=runs.index)).eq(True)
     runs["step_share"] = runs.get("step_share", pd.Series(1.0, index=runs.index)).fillna(1.0)
     runs["step_share"] = runs["step_share"].astype(float)
+    runs["free_bits"] = runs.get("free_bits", pd.Series(0.0, index=runs.index)).fillna(0.0)
+    runs["free_bits"] = runs["free_bits"].astype(float)
     return runs
 
 
 def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: str = "auto",
               restarts: int = 1, options: dict | None = None, realign: bool = False,
-              step_share: float = 1.0, log=print) -> pd.DataFrame:
-    """Fit every (design, seed, model, restarts, options, realign, step_share) not yet in
+              step_share: float = 1.0, free_bits: float = 0.0, log=print) -> pd.DataFrame:
+    """Fit every (design, seed, model, restarts, options, realign, step_share, free_bits) not
+    yet in
     ``out/runs.csv``; returns all rows. ``options``: further ``SparseShiftVAE`` arguments of
     every model (:attr:`SparseShiftBenchmark.model_options`); ``realign``: sVAE / sVAE+ fitted
     with a realignment (:attr:`SparseShiftBenchmark.realign`; the other models as usual);
-    ``step_share``: :attr:`SparseShiftBenchmark.step_share`. The pseudo-model :data:`CEILING`
+    ``step_share``, ``free_bits``: :attr:`SparseShiftBenchmark.step_share`,
+    :attr:`SparseShiftBenchmark.free_bits`. The pseudo-model :data:`CEILING`
     is one row per (design, seed), restarts 1, no options."""
     options = options or {}
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +120,8 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
     for design in designs:
         for seed in seeds:
             todo = [m for m in models
-                    if _key(design, seed, m, restarts, options, realign, step_share) not in done]
+                    if _key(design, seed, m, restarts, options, realign, step_share,
+                            free_bits) not in done]
             if not todo:
                 continue
             settings = {**DESIGNS[design], **(QUICK if quick else {})}
@@ -126,7 +132,8 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
             benchmark = SparseShiftBenchmark(models=[m for m in todo if m != CEILING],
                                              seed=seed, device=device, restarts=restarts,
                                              model_options=options, realign=realign,
-                                             step_share=step_share, **settings)
+                                             step_share=step_share, free_bits=free_bits,
+                                             **settings)
             tables = [ceiling_row(benchmark, epochs=5 if quick else 100)] \
                 if CEILING in todo else []
             if benchmark.models:
@@ -139,13 +146,13 @@ def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: st
 
 
 def _key(design: str, seed: int, model: str, restarts: int, options: dict,
-         realign: bool, step_share: float) -> tuple[str, ...]:
+         realign: bool, step_share: float, free_bits: float) -> tuple[str, ...]:
     """A run's :data:`KEYS` as the strings of ``runs.csv``."""
     if model == CEILING:
-        return (design, str(seed), model, "1", "", "False", "1.0")
+        return (design, str(seed), model, "1", "", "False", "1.0", "0.0")
     realigned = realign and can_realign(model)
     return (design, str(seed), model, str(restarts), format_options(options), str(realigned),
-            str(float(step_share)))
+            str(float(step_share)), str(float(free_bits)))
 
 
 def ceiling_row(benchmark: SparseShiftBenchmark, epochs: int) -> pd.DataFrame:
@@ -156,24 +163,27 @@ def ceiling_row(benchmark: SparseShiftBenchmark, epochs: int) -> pd.DataFrame:
     start = time.perf_counter()
     r = supervised_ceiling(train.X, train.obsm["z_true"], epochs=epochs, seed=benchmark.seed)
     return pd.DataFrame([{"model": CEILING, "restarts": 1, "options": "", "realign": False,
-                          "step_share": 1.0,
+                          "step_share": 1.0, "free_bits": 0.0,
                           "mcc_pearson": float(r.mean()), "ceiling_min": float(r.min()),
                           "fit_seconds": time.perf_counter() - start}])
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, min and max over seeds of each metric, one row per (design, model, restarts,
-    options, realign, step_share); a model fitted with restarts is named "<model>, best of
-    <restarts>", one with options "<model> (<options>)", a realigned one "<model>, realigned",
-    one with a step share other than 1 "<model>, <share> of the steps"."""
+    options, realign, step_share, free_bits); a model fitted with restarts is named "<model>,
+    best of <restarts>", one with options "<model> (<options>)", a realigned one "<model>,
+    realigned", one with a step share other than 1 "<model>, <share> of the steps", one with
+    free bits "<model>, free bits <free_bits>"."""
     options = runs.get("options", pd.Series("", index=runs.index)).fillna("")
     realign = runs.get("realign", pd.Series(False, index=runs.index)).eq(True)
     share = runs.get("step_share", pd.Series(1.0, index=runs.index)).fillna(1.0).astype(float)
+    free = runs.get("free_bits", pd.Series(0.0, index=runs.index)).fillna(0.0).astype(float)
     runs = runs.assign(model=[m + (f" ({o})" if o else "") + (", realigned" if a else "")
                               + (f", {f:g} of the steps" if f != 1 else "")
+                              + (f", free bits {b:g}" if b else "")
                               + (f", best of {r}" if r != 1 else "")
-                              for m, r, o, a, f in zip(runs["model"], runs["restarts"], options,
-                                                       realign, share)])
+                              for m, r, o, a, f, b in zip(runs["model"], runs["restarts"],
+                                                          options, realign, share, free)])
     runs = runs.reindex(columns=[*runs, *(c for c, _ in METRICS if c not in runs)])  # NaN
     grouped = runs.groupby(["design", "model"], sort=False)
     parts = {}
@@ -253,6 +263,9 @@ def main(argv=None) -> int:
     parser.add_argument("--step-share", type=float, default=1.0,
                         help="scale the automatic epochs and the KL warm-up, e.g. 0.5 "
                              "(default: %(default)s)")
+    parser.add_argument("--free-bits", type=float, default=0.0,
+                        help="train every model on FreeBitsELBO with this many free nats per "
+                             "latent coordinate (0: the ELBO; default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="default: %(default)s")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -272,15 +285,16 @@ def main(argv=None) -> int:
         runs = run_sweep(args.out, designs, seeds, models, quick=args.quick,
                          device=args.device, restarts=args.restarts, options=options,
                          realign=args.realign, step_share=args.step_share,
+                         free_bits=args.free_bits,
                          log=lambda line: print(line, file=sys.stderr, flush=True))
     runs = runs[runs["design"].isin(designs) & runs["model"].isin(models)
                 & runs["seed"].astype(int).isin(seeds)]
     runs = runs.sort_values(["design", "model", "options", "realign", "step_share",
-                             "restarts", "seed"], kind="stable", key=lambda column: (
+                             "free_bits", "restarts", "seed"], kind="stable", key=lambda column: (
         column.map({name: i for i, name in enumerate(designs + models)})
         if column.name in ("design", "model") else
         -column if column.name == "step_share" else
-        column if column.name in ("options", "realign") else column.astype(int)))
+        column if column.name in ("options", "realign", "free_bits") else column.astype(int)))
     table = rst_table(summarise(runs))
     print(table)
     if args.table:

@@ -286,6 +286,9 @@ def _add_benchmark_parser(commands) -> None:
     sparse.add_argument("--realign", action="store_true",
                         help="fit sVAE / sVAE+ with a search for the latents' linear alignment "
                              "after 2/3 of the epochs (fit_with_realignment)")
+    sparse.add_argument("--free-bits", type=non_negative_float, default=0.0,
+                        help="train every model on FreeBitsELBO with this many free nats per "
+                             "cell and latent coordinate (0: the ELBO; default: %(default)s)")
     sparse.add_argument("--n-importance-samples", type=positive_int, default=100,
                         help="importance samples per held-out cell (default: %(default)s)")
     sparse.add_argument("--quick", action="store_true",
@@ -327,7 +330,8 @@ def run_benchmark(args, out: Path) -> dict:
                     max_epochs=args.max_epochs, transfer_epochs=args.transfer_epochs,
                     batch_size=args.batch_size, lr=args.lr,
                     kl_warmup_epochs=args.kl_warmup_epochs, restarts=args.restarts,
-                    realign=args.realign, n_importance_samples=args.n_importance_samples,
+                    realign=args.realign, free_bits=args.free_bits,
+                    n_importance_samples=args.n_importance_samples,
                     seed=args.seed, device=args.device, progress=not args.quiet)
     if args.quick:
         settings.update(QUICK_SPARSE_SHIFT)

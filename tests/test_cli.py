@@ -343,6 +343,7 @@ def test_benchmark_sparse_shift_writes_its_table(tmp_path):
     assert np.isfinite(measured.to_numpy()).all()
     assert table["options"].isna().all()  # no model_options: an empty cell
     assert not table["realign"].any()  # fitted without --realign
+    assert (table["free_bits"] == 0).all()  # nor --free-bits
     # sVAE+'s lambda was set from its 90 training cells per perturbation; the VAE has none
     assert table.loc["sVAE+", "sparsity_weight"] == pytest.approx(0.4 * 90)
     assert np.isnan(table.loc["VAE", "sparsity_weight"])
@@ -370,11 +371,13 @@ def test_benchmark_realign_fits_svae_plus_around_a_realignment(tmp_path):
     out = tmp_path / "bench"
     code = main(["benchmark", "sparse-shift", "--quick", "--models", "VAE,sVAE+", "--realign",
                  "--max-epochs", "3", "--transfer-epochs", "1", "--n-importance-samples", "2",
-                 "--out", str(out), "--quiet", "--device", "cpu"])
+                 "--free-bits", "0.5", "--out", str(out), "--quiet", "--device", "cpu"])
     assert code == 0
     table = pd.read_csv(out / "table.csv", index_col=0)
     assert table["realign"].to_dict() == {"VAE": False, "sVAE+": True}
-    assert json.loads((out / "settings.json").read_text())["realign"] is True
+    assert table["free_bits"].to_dict() == {"VAE": 0.5, "sVAE+": 0.5}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["realign"] is True and settings["free_bits"] == 0.5
 
 
 def test_benchmark_refuses_zero_restarts(tmp_path, capsys):

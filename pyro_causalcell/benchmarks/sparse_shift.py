@@ -92,6 +92,10 @@ class SparseShiftBenchmark:
     step_share: float = 1.0
     """Scales the schedule of every fit: the ``"auto"`` epochs and the KL warm-up (rounded; e.g.
     0.5: half the optimiser steps, for fits with ``realign=True``)."""
+    free_bits: float = 0.0
+    """Train every model on :class:`~pyro_causalcell.infer.FreeBitsELBO` with this many free
+    nats per cell and latent coordinate (``fit``'s ``free_bits``; 0: the ELBO, as the sweep's
+    documented rows; :func:`~pyro_causalcell.infer.sparse_shift_schedule` has its own)."""
     transfer_epochs: int = 100
     transfer_lr: float = 5e-3
     n_importance_samples: int = 100
@@ -115,6 +119,10 @@ class SparseShiftBenchmark:
                 or not self.step_share > 0):
             raise ValueError(f"step_share={self.step_share!r}; give a positive number (1: the "
                              "automatic schedule, 0.5: half its epochs)")
+        if (isinstance(self.free_bits, bool) or not isinstance(self.free_bits, (int, float))
+                or not 0 <= self.free_bits < float("inf")):
+            raise ValueError(f"free_bits={self.free_bits!r}; give a number of nats >= 0 (0: the "
+                             "ELBO itself)")
         owned = sorted(set(self.model_options) & {"n_latent", "n_hidden", "n_layers",
                                                   *(key for m in MODELS.values() for key in m)})
         if owned:
@@ -181,6 +189,7 @@ class SparseShiftBenchmark:
             make_model, data, self.restarts, fit_function=fit_function, max_epochs=epochs,
             batch_size=batch, lr=self.lr,
             kl_warmup_epochs=round(self.step_share * self.kl_warmup_epochs),
+            free_bits=self.free_bits,
             device=self.device, seed=self.seed,
             progress=self.progress,
             after_fit=lambda fitted, _: latents.append(latent(fitted, data)))
@@ -231,6 +240,7 @@ class SparseShiftBenchmark:
         row.update(options=format_options(self.model_options), heldout_iwelbo=iwelbo,
                    sparsity_weight=float(weight), max_epochs=epochs, batch_size=batch,
                    restarts=self.restarts, realign=realigned, step_share=self.step_share,
+                   free_bits=self.free_bits,
                    kept_restart=kept, validation_elbo=restarts[kept].score,
                    restart_validation_elbos=";".join(f"{r.score:.3f}" for r in restarts),
                    restart_mccs=";".join(f"{mean_correlation_coefficient(z_true, z):.3f}"

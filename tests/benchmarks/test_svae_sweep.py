@@ -161,21 +161,26 @@ def test_rows_written_before_realignment_read_as_not_realigned(sweep, tmp_path):
                   "mcc_pearson": [0.7]}).to_csv(path, index=False)
     runs = sweep.read_runs(path)
     assert runs["realign"].tolist() == [False] and runs["options"].tolist() == [""]
-    assert runs["step_share"].tolist() == [1.0]
+    assert runs["step_share"].tolist() == [1.0] and runs["free_bits"].tolist() == [0.0]
 
 
-def test_fits_with_a_step_share_are_rows_of_their_own(sweep, tmp_path, monkeypatch):
+def test_fits_with_a_step_share_or_free_bits_are_rows_of_their_own(sweep, tmp_path,
+                                                                   monkeypatch):
     args = ["--out", str(tmp_path), "--quick", "--designs", "small", "--seeds", "1",
             "--models", "sVAE+", "--threads", "1", "--realign"]
     assert sweep.main(args) == 0
     assert sweep.main(args + ["--step-share", "0.5"]) == 0
+    assert sweep.main(args + ["--free-bits", "0.5"]) == 0
     runs = sweep.read_runs(tmp_path / "runs.csv")
-    assert sorted(runs["step_share"]) == [0.5, 1.0]
+    assert sorted(zip(runs["step_share"], runs["free_bits"])) == [(0.5, 0.0), (1.0, 0.0),
+                                                                   (1.0, 0.5)]
     names = sweep.summarise(runs).index.get_level_values("model").tolist()
-    assert sorted(names) == ["sVAE+, realigned", "sVAE+, realigned, 0.5 of the steps"]
+    assert sorted(names) == ["sVAE+, realigned", "sVAE+, realigned, 0.5 of the steps",
+                             "sVAE+, realigned, free bits 0.5"]
 
     def refuse(self, log=print):
         raise AssertionError("refitted a finished run")
 
     monkeypatch.setattr(sweep.SparseShiftBenchmark, "run", refuse)
-    assert sweep.main(args + ["--step-share", "0.5"]) == 0  # resumed: nothing left to fit
+    for extra in (["--step-share", "0.5"], ["--free-bits", "0.5"]):
+        assert sweep.main(args + extra) == 0  # resumed: nothing left to fit

@@ -109,3 +109,9 @@ def test_realign_fits_svae_plus_in_two_parts_with_the_same_epochs(monkeypatch):
     table = benchmark.run(log=lambda line: None)
     assert calls == [(6, 4)]  # sVAE+ only, realigned after 2/3 of the epochs
     assert table["realign"].to_dict() == {"VAE": False, "sVAE+": True}
+
+
+@pytest.mark.parametrize("free_bits", [-0.5, float("nan"), "0.5", True])
+def test_bad_free_bits_are_named_when_the_benchmark_is_made(free_bits):
+    with pytest.raises(ValueError, match=r"free_bits=.*; give a number of nats >= 0"):
+        SparseShiftBenchmark(free_bits=free_bits)
