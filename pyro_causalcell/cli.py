@@ -100,7 +100,8 @@ GENERIC_SCHEDULE = dict(max_epochs=100, batch_size=128, lr=1e-3, kl_warmup_epoch
                         free_bits=0.0)
 SCHEDULE_HELP = ("'auto': the model's schedule for the number of cells (svae, svae+, ivae: "
                  "pyro_causalcell.sparse_shift_schedule, e.g. 300 epochs of 256 on 20,000 cells "
-                 "and 750 of 128 on 4,000, lr 0.01, warm-up 50; other models: {})")
+                 "and 750 of 128 on 4,000, lr 0.01, warm-up 50, free bits 0.5; other models: "
+                 "{})")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:

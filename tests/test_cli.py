@@ -273,9 +273,9 @@ def test_fit_svae_plus_writes_target_probabilities(screen_h5ad, tmp_path, capsys
     report = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert report["model"] == "svae+"
     # settings left at "auto" follow the sparse-shift schedule of 150 cells (batch 64 leaves
-    # the fewest minibatches, lr 0.01, warm-up 50); the given --max-epochs wins
+    # the fewest minibatches, lr 0.01, warm-up 50, free bits 0.5); the given --max-epochs wins
     assert report["schedule"] == dict(max_epochs=2, batch_size=64, lr=0.01,
-                                      kl_warmup_epochs=50, free_bits=0.0, realign=False)
+                                      kl_warmup_epochs=50, free_bits=0.5, realign=False)
     # the default sparsity weight was set from the 27 training cells per perturbation
     model = load(out / "model.pt")
     assert model.sparsity_weight == pytest.approx(0.4 * 27, abs=0.4 * 3)

@@ -145,7 +145,7 @@ class SparseShiftVAE(VAE):
     @staticmethod
     def default_schedule(n_cells: int) -> dict:
         """The training schedule of these models on ``n_cells`` cells (``max_epochs``,
-        ``batch_size``, ``lr``, ``kl_warmup_epochs``, ``realign_after``):
+        ``batch_size``, ``lr``, ``kl_warmup_epochs``, ``free_bits``, ``realign_after``):
         :func:`~pyro_causalcell.infer.sparse_shift_schedule`, which ``causalcell fit`` uses
         for settings left at "auto"."""
         return sparse_shift_schedule(n_cells)

@@ -14,7 +14,7 @@ from pyro_causalcell.simulate.sparse_shift import sparse_shift
 def test_schedule_of_the_sweeps_designs(n_cells, epochs, batch):
     schedule = sparse_shift_schedule(n_cells)
     assert schedule == dict(max_epochs=epochs, batch_size=batch, lr=0.01, kl_warmup_epochs=50,
-                            realign_after=round(2 * epochs / 3))
+                            free_bits=0.5, realign_after=round(2 * epochs / 3))
     assert sparse_shift_schedule(n_cells, realign=False) == {
         k: v for k, v in schedule.items() if k != "realign_after"}
     assert SparseShiftVAE.default_schedule(n_cells) == schedule
