@@ -28,6 +28,7 @@ __all__ = ["fit", "latent", "save", "load", "transfer", "TransferResult", "known
            "ModelSchemaMismatchError", "ModelFileError", "CheckpointMismatchError",
            "importance_weighted_elbo", "mean_importance_weighted_elbo", "COVARIATE_SITES",
            "LatentClassifier", "train_classifier", "covariate_posterior", "latent_arithmetic",
-           "latent_shift", "DeviceTraceELBO", "FreeBitsELBO", "fit_restarts", "Restart", "restart_score",
+           "latent_shift", "DeviceTraceELBO", "FreeBitsELBO", "fit_restarts", "Restart",
+           "restart_score",
            "realign_latents", "fit_with_realignment", "Realignment", "search_alignment",
            "sparse_shift_schedule"]

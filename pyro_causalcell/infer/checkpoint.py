@@ -73,6 +73,14 @@ def write_checkpoint(path: str | os.PathLike, *, fingerprint: dict, epoch: int, 
         raise
 
 
+#: a setting a fingerprint leaves out when it has its default value (e.g. ``free_bits``)
+_DEFAULT = object()
+
+
+def _shown(value) -> str:
+    return "the default" if value is _DEFAULT else repr(value)
+
+
 def read_checkpoint(path: str | os.PathLike, fingerprint: dict) -> dict | None:
     """The checkpoint at ``path`` (``None`` when there is none yet), checked against the
     resuming fit's ``fingerprint``.
@@ -91,10 +99,12 @@ def read_checkpoint(path: str | os.PathLike, fingerprint: dict) -> dict | None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{path} is not a checkpoint of this version of fit; "
                                       "delete it or pass another checkpoint path")
-    differ = {key: (state["fingerprint"].get(key), value) for key, value in fingerprint.items()
-              if state["fingerprint"].get(key) != value}
+    written = state["fingerprint"]
+    keys = [*fingerprint, *(key for key in written if key not in fingerprint)]
+    differ = {key: (written.get(key, _DEFAULT), fingerprint.get(key, _DEFAULT)) for key in keys
+              if written.get(key, _DEFAULT) != fingerprint.get(key, _DEFAULT)}
     if differ:
-        listed = ", ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new)
+        listed = ", ".join(f"{key}: {_shown(old)} then, {_shown(new)} now" for key, (old, new)
                            in differ.items())
         raise CheckpointMismatchError(
             f"{path} was written by a fit with other settings ({listed}); resume with the "

@@ -11,8 +11,9 @@ minibatch:
     \tilde{\mathcal{L}} = \mathbb{E}_q[\log p(x \mid z)]
     - \sum_k \max\Big(\lambda\,B,\ \sum_{b=1}^{B} \big(\log q(z_{bk}) - \log p(z_{bk})\big)\Big),
 
-for the per-cell latent sites (those inside the ``"cells"`` plate); every other site enters as in
-the ELBO. With :math:`\lambda = 0` this is the ELBO only where each coordinate's summed estimate
+for the per-cell latent sites (those inside the ``"cells"`` plate), each cell's terms weighted
+by the site's scale as in the ELBO (minibatch scaling, KL warm-up); every other site enters as
+in the ELBO. With :math:`\lambda = 0` this is the ELBO only where each coordinate's summed estimate
 is positive, so ``fit`` uses :class:`~pyro_causalcell.infer.elbo.DeviceTraceELBO` for
 ``free_bits=0``. :math:`\tilde{\mathcal{L}} \le` ELBO, so the validation ELBO ``fit`` reports is
 computed without free bits.

@@ -9,6 +9,7 @@ from pyro_causalcell import CellData, SparseShiftVAE, fit
 from pyro_causalcell.distributions import shift_mixture
 from pyro_causalcell.distributions.coordinate_mixture import CoordinateMixture
 from pyro_causalcell.infer import DeviceTraceELBO, FreeBitsELBO
+from pyro_causalcell.infer.checkpoint import CheckpointMismatchError
 from pyro_causalcell.infer.free_bits import coordinate_log_prob
 from pyro_causalcell.simulate import sparse_shift
 
@@ -157,3 +158,17 @@ def test_fit_refuses_bad_free_bits(screen, kwargs, message):
     model = SparseShiftVAE(screen.schema, n_latent=3, n_hidden=16)
     with pytest.raises(ValueError, match=message):
         fit(model, screen, max_epochs=1, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(("first", "then", "listed"), [
+    (0.5, 0.0, "free_bits: 0.5 then, the default now"),
+    (0.0, 0.5, "free_bits: the default then, 0.5 now"),
+])
+def test_a_checkpoint_resumes_only_with_its_free_bits(screen, tmp_path, first, then, listed):
+    path = tmp_path / "fit.ckpt"
+    model = SparseShiftVAE(screen.schema, n_latent=3, n_hidden=16)
+    fit(model, screen, max_epochs=1, batch_size=40, free_bits=first, checkpoint=path,
+        progress=False)
+    with pytest.raises(CheckpointMismatchError, match=listed):
+        fit(model, screen, max_epochs=2, batch_size=40, free_bits=then, checkpoint=path,
+            progress=False)
