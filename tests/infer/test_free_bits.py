@@ -133,14 +133,14 @@ def test_free_bits_elbo_refuses_a_floor_that_is_not_positive(bad):
 
 @pytest.fixture(scope="module")
 def screen():
-    adata = sparse_shift(n_latent=3, n_genes=20, n_perturbations=4, n_cells_per_perturbation=30,
+    adata = sparse_shift(n_latent=3, n_genes=40, n_perturbations=4, n_cells_per_perturbation=30,
                          seed=0)
     return CellData.from_anndata(adata, perturbation_key="perturbation")
 
 
 def test_fit_trains_on_free_bits_and_validates_on_the_elbo(screen):
     # a floor of 100 nats on each of 3 coordinates puts ~300 nats per cell into the training
-    # objective (about -507 against an ELBO of about -210 here), none into the validation ELBO
+    # objective, none into the validation ELBO
     model = SparseShiftVAE(screen.schema, n_latent=3, n_hidden=16)
     freed = fit(model, screen, max_epochs=2, batch_size=40, free_bits=100.0, progress=False)
     model = SparseShiftVAE(screen.schema, n_latent=3, n_hidden=16)
