@@ -26,8 +26,12 @@ class DeviceTraceELBO(Trace_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         loss = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            loss = loss + _particle_loss(self, model_trace, guide_trace) / self.num_particles
+            loss = loss + self._particle_loss(model_trace, guide_trace) / self.num_particles
         return loss
+
+    def _particle_loss(self, model_trace, guide_trace) -> torch.Tensor:
+        """The loss of one particle's traces (subclasses change the objective here)."""
+        return _particle_loss(self, model_trace, guide_trace)
 
 
 def _particle_loss(elbo: Trace_ELBO, model_trace, guide_trace) -> torch.Tensor:

@@ -105,12 +105,6 @@ class FreeBitsELBO(DeviceTraceELBO):
         super().__init__(**kwargs)
         self.free_bits = float(free_bits)
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        loss = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            loss = loss + self._particle_loss(model_trace, guide_trace) / self.num_particles
-        return loss
-
     def _particle_loss(self, model_trace, guide_trace) -> torch.Tensor:
         total = 0.0
         freed = set()
