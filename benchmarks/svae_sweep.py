@@ -85,28 +85,33 @@ KEYS = ["design", "seed", "model", "restarts", "options", "realign", "step_share
 CEILING = "ceiling"
 
 
+#: the value of each setting in rows written before it existed (a single fit with the defaults,
+#: not realigned, of all the steps, on the ELBO)
+SETTING_DEFAULTS = {"restarts": 1, "options": "", "realign": False, "step_share": 1.0,
+                    "free_bits": 0.0}
+
+
+def with_setting_defaults(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with every column of :data:`SETTING_DEFAULTS` present, its gaps filled and its
+    type the default's."""
+    filled = {}
+    for name, default in SETTING_DEFAULTS.items():
+        column = runs.get(name, pd.Series(default, index=runs.index))
+        filled[name] = (column.eq(True) if isinstance(default, bool)
+                        else column.fillna(default).astype(type(default)))
+    return runs.assign(**filled)
+
+
 def read_runs(path: Path) -> pd.DataFrame:
-    """The rows of ``runs.csv`` (rows written before restarts, options, realignment, the
-    step share or free bits existed were single fits with the defaults, not realigned, of all
-    the steps, on the ELBO)."""
-    runs = pd.read_csv(path)
-    runs["restarts"] = runs.get("restarts", pd.Series(1, index=runs.index)).fillna(1)
-    runs["restarts"] = runs["restarts"].astype(int)
-    runs["options"] = runs.get("options", pd.Series("", index=runs.index)).fillna("")
-    runs["realign"] = runs.get("realign", pd.Series(False, index=runs.index)).eq(True)
-    runs["step_share"] = runs.get("step_share", pd.Series(1.0, index=runs.index)).fillna(1.0)
-    runs["step_share"] = runs["step_share"].astype(float)
-    runs["free_bits"] = runs.get("free_bits", pd.Series(0.0, index=runs.index)).fillna(0.0)
-    runs["free_bits"] = runs["free_bits"].astype(float)
-    return runs
+    """The rows of ``runs.csv``, older rows given :data:`SETTING_DEFAULTS`."""
+    return with_setting_defaults(pd.read_csv(path))
 
 
 def run_sweep(out: Path, designs, seeds, models, quick: bool = False, device: str = "auto",
               restarts: int = 1, options: dict | None = None, realign: bool = False,
               step_share: float = 1.0, free_bits: float = 0.0, log=print) -> pd.DataFrame:
     """Fit every (design, seed, model, restarts, options, realign, step_share, free_bits) not
-    yet in
-    ``out/runs.csv``; returns all rows. ``options``: further ``SparseShiftVAE`` arguments of
+    yet in ``out/runs.csv``; returns all rows. ``options``: further ``SparseShiftVAE`` arguments of
     every model (:attr:`SparseShiftBenchmark.model_options`); ``realign``: sVAE / sVAE+ fitted
     with a realignment (:attr:`SparseShiftBenchmark.realign`; the other models as usual);
     ``step_share``, ``free_bits``: :attr:`SparseShiftBenchmark.step_share`,
@@ -174,16 +179,14 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     best of <restarts>", one with options "<model> (<options>)", a realigned one "<model>,
     realigned", one with a step share other than 1 "<model>, <share> of the steps", one with
     free bits "<model>, free bits <free_bits>"."""
-    options = runs.get("options", pd.Series("", index=runs.index)).fillna("")
-    realign = runs.get("realign", pd.Series(False, index=runs.index)).eq(True)
-    share = runs.get("step_share", pd.Series(1.0, index=runs.index)).fillna(1.0).astype(float)
-    free = runs.get("free_bits", pd.Series(0.0, index=runs.index)).fillna(0.0).astype(float)
+    runs = with_setting_defaults(runs)
     runs = runs.assign(model=[m + (f" ({o})" if o else "") + (", realigned" if a else "")
                               + (f", {f:g} of the steps" if f != 1 else "")
                               + (f", free bits {b:g}" if b else "")
                               + (f", best of {r}" if r != 1 else "")
-                              for m, r, o, a, f, b in zip(runs["model"], runs["restarts"],
-                                                          options, realign, share, free)])
+                              for m, r, o, a, f, b in zip(
+                                  runs["model"], runs["restarts"], runs["options"],
+                                  runs["realign"], runs["step_share"], runs["free_bits"])])
     runs = runs.reindex(columns=[*runs, *(c for c, _ in METRICS if c not in runs)])  # NaN
     grouped = runs.groupby(["design", "model"], sort=False)
     parts = {}
